@@ -1,0 +1,32 @@
+# keras-mtl: two commands on a fresh machine.
+#   make demo   GradNorm toy experiments of Chen et al. 2018, section 4 -> runs/demo/report.md
+#   make test   the test suite (what CI runs)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-slow benchmark install clean
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[cpu,test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m launch.demo --out_dir=runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
+
+benchmark: $(STAMP)
+	$(PY) -m launch.benchmark
+
+clean:
+	rm -rf runs build *.egg-info

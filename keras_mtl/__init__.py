@@ -1,0 +1,7 @@
+"""keras-mtl: multi-task learning for Keras 3 / TensorFlow."""
+
+__version__ = "0.1.0"
+
+from keras_mtl import balancers
+from keras_mtl import layers
+from keras_mtl.model import MultiTaskModel

@@ -1,0 +1,244 @@
+"""GradNorm (Chen, Badrinarayanan, Lee & Rabinovich, ICML 2018)."""
+
+import math
+
+import keras
+import tensorflow as tf
+
+from keras_mtl.balancers.base import LAYER_GRAD_NORMS
+from keras_mtl.balancers.base import Balancer
+from keras_mtl.balancers.base import check_positive
+
+_TRANSFORMS = {None: 1.0, "identity": 1.0, "square": 2.0}
+
+
+def _ratio_power(spec):
+    """phi^{-1} as a power: 'square' (L1 losses, preprint 5.2) is 2."""
+    if spec in _TRANSFORMS:
+        return _TRANSFORMS[spec]
+    if isinstance(spec, (int, float)) and spec > 0:
+        return float(spec)
+    raise ValueError(
+        "Invalid value received for argument `loss_ratio_transform`. Expected "
+        "None, 'identity', 'square', a positive power, or a dict of those per "
+        f"task. Received: {spec!r}"
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class GradNorm(Balancer):
+    """GradNorm: learn task weights so the tasks' gradient norms train at equal rates.
+
+    Algorithm 1 of the paper, per step t:
+
+    - the network trains on L = sum_i w_i(t) L_i(t);
+    - G_i = ||grad_W w_i(t) L_i(t)||_2 at the kernel W of the last shared layer
+      (biases excluded; `layer=` picks another shared layer);
+    - L~_i = L_i(t) / L_i(0), r_i = L~_i / mean_j L~_j;
+    - target_i = mean_j G_j * r_i^alpha, held constant;
+    - L_grad = sum_i |G_i - target_i| updates only the w_i (never the network),
+      with the balancer's own optimizer; then w is renormalised to sum to T.
+
+    Because the target is a constant and G_i = w_i ||grad_W L_i||, the weight
+    gradient has the closed form dL_grad/dw_i = sign(G_i - target_i) *
+    ||grad_W L_i||: no second-order pass through the network is needed (the
+    tests check it against finite differences of L_grad). The per-task norms
+    ||grad_W L_i|| cost one backward pass of each head plus the last shared
+    layer, never T passes through the trunk.
+
+    Weights that the update would drive to or below `min_weight` are floored
+    at `min_weight` before the renormalisation, with a warning printed and
+    counted in `num_floored` (a negative weight would train the network to
+    make that task worse; the paper notes instability at large alpha).
+
+    Args:
+        alpha: asymmetry, >= 0. 0 pins all gradient norms to be equal; the
+            paper uses 0.12 on the toy problem and 1.5 on NYUv2.
+        layer: name of the shared layer whose kernel is W. Defaults to the
+            last layer of the encoder that has a `kernel`.
+        initial_losses: L_i(0) per task, a dict `{task: value}` or a list in
+            task order; tasks not given take their loss at their first
+            labelled step (the default for all). Use log(C) for a C-class
+            cross-entropy (paper footnote 2): see `cross_entropy_initial_loss`.
+        loss_ratio_transform: phi^{-1} applied to L_i/L_i(0) (preprint section
+            5.2), None/'identity', 'square' (for L1 losses) or a positive
+            power; a dict gives one per task.
+        min_weight: floor of the weights before renormalisation. Defaults to
+            `1e-3`.
+        optimizer: optimizer of the weights. Defaults to Adam with learning
+            rate 0.025 (paper section 5.1).
+
+    Example:
+
+    >>> model.compile(optimizer="adam", loss={"a": "mse", "b": "mse"},
+    ...               balancer=keras_mtl.balancers.GradNorm(alpha=0.12))
+
+    Reference:
+        Chen, Badrinarayanan, Lee, Rabinovich. "GradNorm: Gradient
+        Normalization for Adaptive Loss Balancing in Deep Multitask
+        Networks". ICML 2018.
+    """
+
+    requires = LAYER_GRAD_NORMS
+
+    def __init__(
+        self,
+        alpha=1.5,
+        layer=None,
+        initial_losses=None,
+        loss_ratio_transform=None,
+        min_weight=1e-3,
+        optimizer=None,
+        name=None,
+        **kwargs,
+    ):
+        super().__init__(optimizer=optimizer, name=name, **kwargs)
+        self.alpha = float(check_positive("alpha", alpha))
+        self.layer = layer
+        self.initial_losses = initial_losses
+        self.loss_ratio_transform = loss_ratio_transform
+        self.min_weight = float(check_positive("min_weight", min_weight, False))
+        if isinstance(loss_ratio_transform, dict):
+            for v in loss_ratio_transform.values():
+                _ratio_power(v)
+        else:
+            _ratio_power(loss_ratio_transform)
+        if initial_losses is not None:
+            values = (
+                initial_losses.values()
+                if isinstance(initial_losses, dict)
+                else initial_losses
+            )
+            for v in values:
+                check_positive("initial_losses", float(v), allow_zero=False)
+
+    @staticmethod
+    def cross_entropy_initial_loss(num_classes):
+        """The theoretical initial loss log(C) of a C-class cross-entropy."""
+        return math.log(num_classes)
+
+    def _per_task(self, spec, default, what):
+        """Expands a dict / list / scalar spec into a list in task order."""
+        if spec is None:
+            return [default] * self.num_tasks
+        if isinstance(spec, dict):
+            unknown = sorted(set(spec) - set(self.task_names))
+            if unknown:
+                raise ValueError(
+                    f"GradNorm: `{what}` names unknown tasks {unknown}. "
+                    f"Known tasks: {self.task_names}."
+                )
+            return [spec.get(t, default) for t in self.task_names]
+        if isinstance(spec, (list, tuple)):
+            if len(spec) != self.num_tasks:
+                raise ValueError(
+                    f"GradNorm: `{what}` has {len(spec)} values for "
+                    f"{self.num_tasks} tasks. Received: {spec}"
+                )
+            return list(spec)
+        return [spec] * self.num_tasks
+
+    def build_state(self, num_tasks):
+        given = self._per_task(self.initial_losses, None, "initial_losses")
+        powers = self._per_task(
+            self.loss_ratio_transform
+            if isinstance(self.loss_ratio_transform, dict)
+            else [self.loss_ratio_transform] * num_tasks,
+            None,
+            "loss_ratio_transform",
+        )
+        self._powers = tf.constant([_ratio_power(p) for p in powers], "float32")
+        self.task_weight_values = self.add_state(
+            "task_weights", (num_tasks,), initializer="ones"
+        )
+        self.initial_loss_values = self.add_state(
+            "initial_losses",
+            (num_tasks,),
+            initializer=keras.initializers.Constant(
+                [1.0 if v is None else float(v) for v in given]
+            ),
+        )
+        self.has_initial_loss = self.add_state(
+            "has_initial_loss",
+            (num_tasks,),
+            initializer=keras.initializers.Constant(
+                [0.0 if v is None else 1.0 for v in given]
+            ),
+        )
+        self.grad_norm_values = self.add_state("grad_norms", (num_tasks,))
+        self.num_floored = self.add_state("num_floored", (), dtype="int64")
+        self.optimizer = keras.optimizers.get(
+            self._optimizer_config or self.default_optimizer()
+        )
+        self.optimizer.build([self.task_weight_values])
+
+    def task_weights(self):
+        return tf.convert_to_tensor(self.task_weight_values)
+
+    def target_norms(self, losses, present, norms):
+        """Returns (G, target): the weighted gradient norms and their targets.
+
+        `norms` are the unweighted per-task norms ||grad_W L_i|| (T,).
+        """
+        w = self.task_weights()
+        has = tf.maximum(self.has_initial_loss, present)
+        l0 = tf.where(
+            self.has_initial_loss > 0, self.initial_loss_values, losses
+        )
+        l0 = tf.where(has > 0, l0, tf.ones_like(l0))
+        ratio = tf.math.divide_no_nan(losses, l0) ** self._powers
+        count = tf.maximum(tf.reduce_sum(present), 1.0)
+        mean_ratio = tf.reduce_sum(ratio * present) / count
+        r = tf.math.divide_no_nan(ratio, mean_ratio)
+        g = w * norms
+        g_mean = tf.reduce_sum(g * present) / count
+        target = tf.stop_gradient(g_mean * r**self.alpha)
+        return g, target
+
+    def gradnorm_loss(self, losses, present, norms):
+        """L_grad = sum_i |G_i - target_i| over the labelled tasks."""
+        g, target = self.target_norms(losses, present, norms)
+        return tf.reduce_sum(tf.abs(g - target) * present)
+
+    def weight_gradient(self, losses, present, norms):
+        """Closed-form dL_grad/dw_i = sign(G_i - target_i) ||grad_W L_i||."""
+        g, target = self.target_norms(losses, present, norms)
+        return tf.sign(g - target) * norms * present
+
+    def update(self, losses, present, grad_norms=None):
+        if grad_norms is None:
+            raise ValueError("GradNorm.update needs the per-task `grad_norms`.")
+        grad_w = self.weight_gradient(losses, present, grad_norms)
+        # G_i = w_i(t) ||grad_W L_i||, kept for diagnostics and plots.
+        self.grad_norm_values.assign(self.task_weights() * grad_norms)
+        # L_i(0): the loss at each task's first labelled step, taken once.
+        first = (1.0 - self.has_initial_loss) * present
+        self.initial_loss_values.assign(
+            first * losses + (1.0 - first) * self.initial_loss_values
+        )
+        self.has_initial_loss.assign(tf.maximum(self.has_initial_loss, present))
+        self.apply_balancer_gradients([grad_w], [self.task_weight_values])
+        w = tf.convert_to_tensor(self.task_weight_values)
+        floored = w < self.min_weight
+        any_floored = tf.reduce_any(floored)
+        self.num_floored.assign_add(tf.cast(any_floored, "int64"))
+        # Printed on the 1st, 101st, 201st, ... floored update.
+        self.warn_if(
+            tf.logical_and(any_floored, self.num_floored % 100 == 1),
+            "WARNING: GradNorm floored task weights at min_weight (alpha may "
+            "be too large; see GradNorm.num_floored for the count); weights "
+            "before the floor:",
+            w,
+        )
+        w = tf.maximum(w, self.min_weight)
+        self.task_weight_values.assign(w * (self.num_tasks / tf.reduce_sum(w)))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "alpha": self.alpha,
+            "layer": self.layer,
+            "initial_losses": self.initial_losses,
+            "loss_ratio_transform": self.loss_ratio_transform,
+            "min_weight": self.min_weight,
+        }

@@ -1,0 +1,71 @@
+"""Random loss weighting, RLW (Lin et al., TMLR 2022)."""
+
+import keras
+import tensorflow as tf
+
+from keras_mtl import ops
+from keras_mtl.balancers.base import Balancer
+from keras_mtl.balancers.pcgrad import resolve_seed
+from keras_mtl.ops.rlw import DISTRIBUTIONS
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class RLW(Balancer):
+    """Random loss weighting: L = sum_t w_t L_t with w = softmax(z), z fresh each step.
+
+    `z ~ N(0, I)` by default (the paper's recommended variant). The draw is
+    stateless, seeded by `(seed, step)`, so replicas and resumed runs agree.
+    Absent tasks get weight 0; the weights of the present tasks sum to 1.
+
+    Args:
+        seed: int seed. Defaults to a random one, stored in the config.
+        distribution: `"normal"` (default) or `"uniform"`.
+
+    Example:
+
+    >>> model.compile(optimizer="adam", loss={"a": "mse", "b": "mse"},
+    ...               balancer=keras_mtl.balancers.RLW(seed=0))
+
+    Reference:
+        Lin, Ye, Xu, Shi, Zhang. "Reasonable Effectiveness of Random
+        Weighting: A Litmus Test for Multi-Task Learning". TMLR 2022.
+    """
+
+    def __init__(self, seed=None, distribution="normal", name=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        if distribution not in DISTRIBUTIONS:
+            raise ValueError(
+                "Invalid value received for argument `distribution`. Expected "
+                f"one of {DISTRIBUTIONS}. Received: distribution={distribution!r}"
+            )
+        self.seed = resolve_seed(seed)
+        self.distribution = distribution
+
+    def build_state(self, num_tasks):
+        self.last_weights = self.add_state(
+            "last_weights", (num_tasks,), initializer="ones"
+        )
+        self.step = self.add_state("step", (), dtype="int64")
+
+    def current_weights(self, present):
+        seed = tf.stack([tf.constant(self.seed, "int64"), tf.convert_to_tensor(self.step)])
+        return ops.rlw_weights(
+            self.num_tasks, seed=seed, present=present, distribution=self.distribution
+        )
+
+    def task_weights(self):
+        return tf.convert_to_tensor(self.last_weights)
+
+    def combine(self, losses, present):
+        return tf.reduce_sum(self.current_weights(present) * losses * present)
+
+    def update(self, losses, present, grad_norms=None):
+        self.last_weights.assign(self.current_weights(present))
+        self.step.assign_add(1)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "seed": self.seed,
+            "distribution": self.distribution,
+        }

@@ -1,0 +1,846 @@
+"""MultiTaskModel: one encoder, T heads, and the train step that balances them."""
+
+import warnings
+
+import keras
+import tensorflow as tf
+from keras.src.losses import loss as keras_loss_module
+from keras.src.losses.losses import LossFunctionWrapper
+
+from keras_mtl import balancers as balancers_module
+from keras_mtl.balancers import base as balancer_base
+from keras_mtl.layers import task_conditioned as tc
+
+_NONFINITE_POLICIES = ("raise", "skip")
+
+
+def _replica_mean(x):
+    """Mean over replicas inside a replica context; identity on one device."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return x
+    return ctx.all_reduce(tf.distribute.ReduceOp.MEAN, x)
+
+
+def _num_replicas():
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _flat(grad, var):
+    if grad is None:
+        return tf.zeros([tf.size(var)], dtype="float32")
+    if isinstance(grad, tf.IndexedSlices):
+        grad = tf.convert_to_tensor(grad)
+    return tf.reshape(tf.cast(grad, "float32"), [-1])
+
+
+def _sanitize(grads):
+    """Zeroes non-finite gradient entries (a skipped task's 0 * inf)."""
+    return [
+        None if g is None else tf.where(tf.math.is_finite(g), g, tf.zeros_like(g))
+        for g in grads
+    ]
+
+
+def _loss_name(loss, task):
+    name = getattr(loss, "name", None) or getattr(loss, "__name__", None)
+    return name or f"{task}_loss_fn"
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class MultiTaskModel(keras.Model):
+    """A shared encoder with one head per task, trained with a balancer.
+
+    The model maps `x -> z = encoder(x) -> {task: heads[task](z)}`. Its
+    `train_step` computes every task's loss, asks the compiled balancer
+    (`keras_mtl.balancers`) what it needs (losses only, gradient norms at one
+    shared layer, feature-level gradients dL_t/dz, or gradients w.r.t. all
+    shared parameters), computes exactly that with one gradient tape, and
+    applies the balanced update. Per-task losses and task weights are
+    reported as the metrics `<task>_loss` and `<task>_weight`.
+
+    If the encoder contains task-conditioned layers (`TaskMask`, task SE,
+    task batch norm, residual adapters), every task gets its own forward pass:
+    the passes are folded into the batch (input tiled to (T*B, ...) with a
+    task-index vector) so one traced graph serves all tasks, and head t reads
+    its own slice. Otherwise the encoder runs once.
+
+    Labels are a dict `{task: y}`. A task missing from the dict, or whose
+    per-task `sample_weight` sums to zero in a batch, is skipped for that
+    batch: its loss is excluded from the update and from the balancer's
+    state update; when its key is absent, its head and its task-specific
+    variables (`layer.task_variables(t)`) are not touched, optimizer slots
+    included.
+
+    Args:
+        encoder: a Keras layer or model mapping inputs to the shared
+            representation z. Task-conditioned encoders take `task=`.
+        heads: dict `{task_name: layer}` mapping z to each task's output.
+            The dict order is the task order.
+        discriminator: optional `keras_mtl.layers.GradientDiscriminator`
+            (attentive single-tasking): trained on the per-task gradients
+            dL_t/dz through a gradient reversal; training only.
+        discriminator_weight: w_d in L = (1 - w_d) sum_t w_t L_t + w_d L_d.
+            Defaults to `0.1` (Maninis et al. 2019).
+
+    Example:
+
+    >>> model = MultiTaskModel(encoder=trunk, heads={"a": head_a, "b": head_b})
+    >>> model.compile(optimizer="adam", loss={"a": "mse", "b": "mse"},
+    ...               balancer=keras_mtl.balancers.GradNorm(alpha=0.12))
+    >>> model.fit(dataset_of_x_and_label_dicts, epochs=3)
+    >>> model.predict(x)  # {"a": ..., "b": ...}
+    """
+
+    def __init__(
+        self,
+        encoder,
+        heads,
+        discriminator=None,
+        discriminator_weight=0.1,
+        name=None,
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        if not isinstance(heads, dict) or not heads:
+            raise ValueError(
+                "`heads` must be a non-empty dict {task_name: layer}. "
+                f"Received: heads={heads!r}"
+            )
+        for task, head in heads.items():
+            if not isinstance(task, str) or not task:
+                raise ValueError(f"Task names must be non-empty strings. Received: {task!r}")
+            if not callable(head):
+                raise ValueError(f"The head of task '{task}' is not a layer. Received: {head!r}")
+        if not 0.0 <= float(discriminator_weight) <= 1.0:
+            raise ValueError(
+                "Invalid value received for argument `discriminator_weight`. "
+                f"Expected a float in [0, 1]. Received: {discriminator_weight}"
+            )
+        self.encoder = encoder
+        self.heads = dict(heads)
+        self.task_names = list(heads)
+        self.num_tasks = len(self.task_names)
+        self.discriminator = discriminator
+        self.discriminator_weight = float(discriminator_weight)
+        self.task_conditioned = tc.is_task_conditioned(encoder)
+        if self.task_conditioned:
+            for layer in tc.task_conditioned_layers(encoder):
+                if layer.num_tasks != self.num_tasks:
+                    raise ValueError(
+                        f"Task-conditioned layer '{layer.name}' was built for "
+                        f"num_tasks={layer.num_tasks}, but the model has "
+                        f"{self.num_tasks} heads {self.task_names}."
+                    )
+        # Trackers exist from construction so that a model built, called or
+        # loaded before `compile` has all of its state where Keras expects it.
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.task_loss_trackers = [
+            keras.metrics.Mean(name=f"{t}_loss") for t in self.task_names
+        ]
+        self.task_weight_trackers = [
+            keras.metrics.Mean(name=f"{t}_weight") for t in self.task_names
+        ]
+        self.discriminator_loss_tracker = None
+        self.discriminator_accuracy_tracker = None
+        if discriminator is not None:
+            self.discriminator_loss_tracker = keras.metrics.Mean(
+                name="discriminator_loss"
+            )
+            self.discriminator_accuracy_tracker = keras.metrics.Mean(
+                name="discriminator_accuracy"
+            )
+        self.nonfinite_counts = self.add_weight(
+            name="nonfinite_counts",
+            shape=(self.num_tasks,),
+            initializer="zeros",
+            dtype="int64",
+            trainable=False,
+            aggregation="only_first_replica",
+        )
+        self.balancer = None
+        self.task_losses = None
+        self.task_metrics = {}
+        self._metric_names = {}
+        self.nonfinite = "raise"
+
+    # ------------------------------------------------------------------
+    # Forward
+    # ------------------------------------------------------------------
+    def _task_indices(self, tasks):
+        if tasks is None:
+            return list(range(self.num_tasks))
+        if isinstance(tasks, str):
+            tasks = [tasks]
+        unknown = [t for t in tasks if t not in self.heads]
+        if unknown:
+            raise ValueError(
+                f"Unknown task(s) {unknown}. The model's tasks are {self.task_names}."
+            )
+        return [self.task_names.index(t) for t in tasks]
+
+    def encode(self, x, training=None, tasks=None):
+        """Runs the encoder; returns (z, task_ids, task_indices).
+
+        For task-conditioned encoders z is the folded (n*B, ...) output of
+        the n requested tasks' passes and `task_ids` the (n*B,) task index of
+        each row; otherwise z is the shared (B, ...) representation and
+        `task_ids` is None.
+        """
+        idx = self._task_indices(tasks)
+        if not self.task_conditioned:
+            return self.encoder(x, training=training), None, idx
+        folded, slot = tc.fold_tasks(x, len(idx))
+        task_ids = tf.gather(tf.constant(idx, dtype="int32"), slot)
+        z = self.encoder(folded, task=task_ids, training=training)
+        return z, task_ids, idx
+
+    def decode(self, z, idx, training=None):
+        """Applies the heads of tasks `idx` to z (sliced per task if folded)."""
+        if self.task_conditioned:
+            parts = tf.nest.map_structure(lambda t: tf.split(t, len(idx)), z)
+            per_task = [
+                tf.nest.map_structure(lambda p, i=i: p[i], parts,
+                                      is_leaf=lambda p: isinstance(p, list))
+                for i in range(len(idx))
+            ]
+        else:
+            per_task = [z] * len(idx)
+        return {
+            self.task_names[i]: self.heads[self.task_names[i]](zt, training=training)
+            for i, zt in zip(idx, per_task)
+        }
+
+    def call(self, inputs, training=None, tasks=None):
+        """Returns `{task: output}` for all tasks, or only for `tasks`."""
+        z, _, idx = self.encode(inputs, training=training, tasks=tasks)
+        return self.decode(z, idx, training=training)
+
+    # ------------------------------------------------------------------
+    # Compile
+    # ------------------------------------------------------------------
+    def compile(
+        self,
+        optimizer="adam",
+        loss=None,
+        metrics=None,
+        balancer=None,
+        nonfinite="raise",
+        run_eagerly=False,
+        steps_per_execution=1,
+        jit_compile=False,
+        **kwargs,
+    ):
+        """Configures training.
+
+        Args:
+            optimizer: the network's optimizer (string, config or instance).
+            loss: dict `{task: loss}` naming every task (a Keras loss name,
+                function or `keras.losses.Loss`), or one loss for all tasks.
+            metrics: dict `{task: [metrics]}`; reported as `<task>_<name>`.
+            balancer: a `keras_mtl.balancers.Balancer`, a registered name
+                (`"gradnorm"`) or a config dict. Defaults to equal weights.
+            nonfinite: what a NaN/inf task loss does. Either way the task is
+                excluded from that step's update so nothing (network
+                weights, balancer weights) is poisoned, and its count is kept
+                in `nonfinite_counts`; `"raise"` (default) then stops
+                training with a `FloatingPointError` naming the task,
+                `"skip"` warns and continues.
+            jit_compile: compile the train step with XLA. Defaults to
+                `False` (XLA was slower than graph mode for conv nets on CPU).
+        """
+        if kwargs.get("loss_weights") is not None:
+            raise ValueError(
+                "MultiTaskModel does not take `loss_weights`: use "
+                "`balancer=keras_mtl.balancers.StaticWeights(weights)`."
+            )
+        kwargs.pop("loss_weights", None)
+        if nonfinite not in _NONFINITE_POLICIES:
+            raise ValueError(
+                "Invalid value received for argument `nonfinite`. Expected one "
+                f"of {_NONFINITE_POLICIES}. Received: nonfinite={nonfinite!r}"
+            )
+        self.task_losses = self._resolve_losses(loss)
+        task_metrics = self._resolve_metrics(metrics)
+        bal = balancers_module.get(balancer)
+        if not bal.built:
+            bal.build(self.task_names)
+        elif bal.task_names != self.task_names:
+            raise ValueError(
+                f"The balancer was built for tasks {bal.task_names}, but the "
+                f"model's tasks are {self.task_names}."
+            )
+        if self.discriminator is not None and bal.requires in (
+            balancer_base.FEATURE_GRADS,
+            balancer_base.SHARED_GRADS,
+        ):
+            raise ValueError(
+                "The gradient discriminator combines with loss-weighting "
+                f"balancers only. Received: balancer={bal!r} "
+                f"(requires={bal.requires!r})."
+            )
+        if self.task_conditioned and bal.requires == balancer_base.FEATURE_GRADS:
+            raise ValueError(
+                f"{type(bal).__name__} uses feature-level gradients at a shared "
+                "representation, but this encoder is task-conditioned (each "
+                "task has its own pass, so there is no shared z). Use the "
+                "balancer's parameter-level mode (mode='shared')."
+            )
+        self._set_tracked("balancer", bal)
+        self._set_tracked("task_metrics", task_metrics)
+        self.nonfinite = nonfinite
+        super().compile(
+            optimizer=optimizer,
+            run_eagerly=run_eagerly,
+            steps_per_execution=steps_per_execution,
+            jit_compile=jit_compile,
+            **kwargs,
+        )
+        bal._xla = bool(self.jit_compile)
+        self._compile_config = keras.src.saving.serialization_lib.SerializableDict(
+            optimizer=optimizer,
+            loss=loss,
+            metrics=metrics,
+            balancer=bal,
+            nonfinite=nonfinite,
+            run_eagerly=run_eagerly,
+            steps_per_execution=steps_per_execution,
+            jit_compile=jit_compile,
+            **kwargs,
+        )
+
+    def _set_tracked(self, name, value):
+        """Sets a state attribute after build, replacing any previous one."""
+        old = getattr(self, name, None)
+        locked = self._tracker.locked
+        self._tracker.unlock()
+        try:
+            if old is not None:
+                for item in old.values() if isinstance(old, dict) else [old]:
+                    for o in item if isinstance(item, list) else [item]:
+                        self._tracker.untrack(o)
+            setattr(self, name, value)
+        finally:
+            if locked:
+                self._tracker.lock()
+
+    def compile_from_config(self, config):
+        config = keras.src.saving.serialization_lib.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.network_variables())
+
+    def _resolve_losses(self, loss):
+        if loss is None:
+            raise ValueError(
+                "MultiTaskModel.compile needs `loss`: a dict {task: loss} for "
+                f"the tasks {self.task_names}, or one loss for all."
+            )
+        if not isinstance(loss, dict):
+            loss = {t: loss for t in self.task_names}
+        unknown = [t for t in loss if t not in self.heads]
+        missing = [t for t in self.task_names if t not in loss]
+        if unknown or missing:
+            raise ValueError(
+                f"The loss dict must name exactly the tasks {self.task_names}. "
+                f"Unknown keys: {unknown}; tasks without a loss: {missing}."
+            )
+        resolved = {}
+        for task in self.task_names:
+            fn = keras.losses.get(loss[task])
+            if not isinstance(fn, keras.losses.Loss):
+                fn = LossFunctionWrapper(fn, name=_loss_name(fn, task))
+            resolved[task] = fn
+        return resolved
+
+    def _resolve_metrics(self, metrics):
+        if metrics is None:
+            return {}
+        if not isinstance(metrics, dict):
+            raise ValueError(
+                "`metrics` must be a dict {task: [metrics]}. "
+                f"Received: metrics={metrics!r}"
+            )
+        unknown = [t for t in metrics if t not in self.heads]
+        if unknown:
+            raise ValueError(
+                f"`metrics` names unknown task(s) {unknown}. The model's tasks "
+                f"are {self.task_names}."
+            )
+        resolved, names = {}, {}
+        for task, ms in metrics.items():
+            ms = ms if isinstance(ms, (list, tuple)) else [ms]
+            out, out_names = [], []
+            for m in ms:
+                if isinstance(m, keras.metrics.Metric):
+                    m = m.__class__.from_config(m.get_config())
+                    display = m.name
+                else:
+                    display = m if isinstance(m, str) else _loss_name(m, task)
+                    fn = keras.metrics.get(m)
+                    m = fn if isinstance(fn, keras.metrics.Metric) else (
+                        keras.metrics.MeanMetricWrapper(fn, name=display))
+                out.append(m)
+                out_names.append(display)
+            resolved[task] = out
+            names[task] = out_names
+        self._metric_names = names
+        return resolved
+
+    # ------------------------------------------------------------------
+    # Variables
+    # ------------------------------------------------------------------
+    def shared_variables(self):
+        """Trainable encoder variables (task-specific ones in it included)."""
+        return list(self.encoder.trainable_variables)
+
+    def task_specific_variables(self, task):
+        """Variables that only `task` uses: its head and its task variables."""
+        i = self.task_names.index(task)
+        variables = list(self.heads[task].trainable_variables)
+        if self.task_conditioned:
+            for layer in tc.task_conditioned_layers(self.encoder):
+                if hasattr(layer, "task_variables"):
+                    variables += [v for v in layer.task_variables(i) if v.trainable]
+        return variables
+
+    def network_variables(self, absent_tasks=()):
+        """All trainable network variables, minus those of `absent_tasks`."""
+        excluded = set()
+        for task in absent_tasks:
+            excluded.update(id(v) for v in self.task_specific_variables(task))
+        variables = self.shared_variables()
+        for task in self.task_names:
+            variables += self.heads[task].trainable_variables
+        if self.discriminator is not None:
+            variables += self.discriminator.trainable_variables
+        seen, out = set(), []
+        for v in variables:
+            if id(v) not in seen and id(v) not in excluded:
+                seen.add(id(v))
+                out.append(v)
+        return out
+
+    def gradnorm_kernel(self):
+        """The kernel W of GradNorm's shared layer (the balancer's `layer`)."""
+        name = getattr(self.balancer, "layer", None)
+        layers = self.encoder._flatten_layers(include_self=True, recursive=True)
+        candidates = [
+            l for l in layers
+            if getattr(l, "kernel", None) is not None and l.kernel.trainable
+        ]
+        if name is not None:
+            candidates = [l for l in candidates if l.name == name]
+            if not candidates:
+                raise ValueError(
+                    f"GradNorm layer='{name}' matches no shared layer with a "
+                    "kernel in the encoder."
+                )
+        if not candidates:
+            raise ValueError(
+                "GradNorm needs a shared layer with a `kernel` in the encoder; "
+                "found none."
+            )
+        return candidates[-1].kernel
+
+    # ------------------------------------------------------------------
+    # Losses
+    # ------------------------------------------------------------------
+    def _check_labels(self, y):
+        if not isinstance(y, dict):
+            if self.num_tasks == 1:
+                return {self.task_names[0]: y}
+            raise ValueError(
+                "Labels must be a dict {task: y} for the tasks "
+                f"{self.task_names}. Received labels of type {type(y).__name__}."
+            )
+        unknown = [k for k in y if k not in self.heads]
+        if unknown:
+            raise ValueError(
+                f"Label key(s) {unknown} match no head. The model's tasks are "
+                f"{self.task_names}."
+            )
+        return y
+
+    def _check_shapes(self, task, y_true, y_pred):
+        loss = self.task_losses[task]
+        if y_true.shape.rank is None or y_pred.shape.rank is None:
+            return
+        yt, yp = tuple(y_true.shape), tuple(y_pred.shape)
+        if len(yt) == 0 or len(yp) == 0:
+            return
+        sparse = "sparse" in type(loss).__name__.lower() or "sparse" in (
+            getattr(loss, "name", "") or ""
+        )
+        if sparse:
+            ok = len(yt) == len(yp) - 1 or (len(yt) == len(yp) and yt[-1] == 1)
+            ok = ok and all(
+                a is None or b is None or a == b for a, b in zip(yt[1:], yp[1:-1])
+            )
+        else:
+            ok = len(yt) == len(yp) and all(
+                a is None or b is None or a == b for a, b in zip(yt[1:], yp[1:])
+            )
+        if not ok:
+            raise ValueError(
+                f"Task '{task}': the head's output shape {yp} does not fit the "
+                f"labels of shape {yt} for loss '{_loss_name(loss, task)}'"
+                + (" (sparse labels must have the output's shape without its "
+                   "last axis)" if sparse else " (they must match, batch aside)")
+                + "."
+            )
+
+    def _sample_weight(self, sample_weight, task):
+        if sample_weight is None:
+            return None
+        if isinstance(sample_weight, dict):
+            unknown = [k for k in sample_weight if k not in self.heads]
+            if unknown:
+                raise ValueError(
+                    f"sample_weight key(s) {unknown} match no head. The model's "
+                    f"tasks are {self.task_names}."
+                )
+            return sample_weight.get(task)
+        return sample_weight
+
+    def compute_task_losses(self, y, outputs, sample_weight=None):
+        """Per-task losses and presence.
+
+        Returns `(loss_list, present)`: a list of T scalar tensors (this
+        replica's mean loss of each task, 0 for absent tasks) and a float32
+        (T,) vector of 1.0 / 0.0 marking the tasks labelled in the batch with
+        a finite loss.
+        """
+        loss_list, present, finite = [], [], []
+        for task in self.task_names:
+            if task not in y or task not in outputs:
+                loss_list.append(tf.constant(0.0))
+                present.append(tf.constant(0.0))
+                finite.append(tf.constant(True))
+                continue
+            y_true, y_pred = y[task], outputs[task]
+            self._check_shapes(task, y_true, y_pred)
+            sw = self._sample_weight(sample_weight, task)
+            value = self.task_losses[task](y_true, y_pred, sample_weight=sw)
+            value = keras_loss_module.unscale_loss_for_distribution(
+                tf.cast(value, "float32")
+            )
+            is_finite = tf.math.is_finite(value)
+            labelled = tf.constant(1.0)
+            if sw is not None:
+                labelled = tf.cast(tf.reduce_sum(tf.abs(tf.cast(sw, "float32"))) > 0, "float32")
+            loss_list.append(tf.where(is_finite, value, tf.zeros_like(value)))
+            present.append(labelled * tf.cast(is_finite, "float32"))
+            finite.append(tf.logical_or(is_finite, labelled == 0.0))
+        return loss_list, tf.stack(present), tf.stack(finite)
+
+    # ------------------------------------------------------------------
+    # Train / test / predict
+    # ------------------------------------------------------------------
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y = self._check_labels(y)
+        active = [t for t in self.task_names if t in y]
+        absent = [t for t in self.task_names if t not in y]
+        bal = self.balancer
+        needs = bal.requires
+        learned = bal.learned_variables
+        forward_tasks = active or None
+
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch([v.value for v in learned])
+            z, task_ids, idx = self.encode(x, training=True, tasks=forward_tasks)
+            inner = None
+            if self.discriminator is not None:
+                inner = tf.GradientTape(persistent=True)
+                inner.__enter__()
+                inner.watch(z)
+            outputs = self.decode(z, idx, training=True)
+            loss_list, present_local, finite = self.compute_task_losses(
+                y, outputs, sample_weight
+            )
+            losses_local = tf.stack(loss_list)
+            if inner is not None:
+                inner.__exit__(None, None, None)
+            combined = bal.combine(losses_local, present_local)
+            if self.discriminator is not None:
+                d_loss, d_acc = self._discriminator_loss(
+                    inner, z, loss_list, idx, task_ids
+                )
+                w_d = self.discriminator_weight
+                combined = (1.0 - w_d) * combined + w_d * d_loss
+            total = combined
+            if self.losses:
+                total = total + tf.add_n([tf.cast(l, "float32") for l in self.losses])
+            scaled_total = keras_loss_module.scale_loss_for_distribution(total)
+            if needs in (balancer_base.FEATURE_GRADS, balancer_base.SHARED_GRADS):
+                glosses = bal.gradient_losses(losses_local)
+                glist = [glosses[i] for i in range(self.num_tasks)]
+
+        # Listed after the forward pass: a first call builds the layers.
+        net_vars = self.network_variables(absent_tasks=absent)
+        losses = _replica_mean(losses_local)
+        present = _replica_mean(present_local)
+        present = tf.cast(present > 0, "float32")
+
+        grad_norms = None
+        if needs in (balancer_base.LOSSES, balancer_base.LAYER_GRAD_NORMS):
+            grads = tape.gradient(scaled_total, net_vars)
+            if needs == balancer_base.LAYER_GRAD_NORMS:
+                grad_norms = self._layer_grad_norms(tape, loss_list, present_local)
+        else:
+            grads = self._balanced_gradients(
+                tape, glist, z, net_vars, scaled_total, losses, present
+            )
+        if learned:
+            learned_grads = tape.gradient(total, [v.value for v in learned])
+            learned_grads = [
+                tf.zeros_like(v) if g is None else g
+                for g, v in zip(learned_grads, learned)
+            ]
+            learned_grads = _sanitize([_replica_mean(g) for g in learned_grads])
+        del tape
+        if inner is not None:
+            del inner
+
+        self.optimizer.apply(_sanitize(grads), net_vars)
+        if learned:
+            bal.apply_learned_gradients(learned_grads)
+        bal.update(losses, present, grad_norms=grad_norms)
+
+        nonfinite = tf.cast(tf.logical_not(finite), "int64")
+        self.nonfinite_counts.assign_add(nonfinite)
+        self._update_trackers(total, losses, present)
+        if self.discriminator is not None:
+            self.discriminator_loss_tracker.update_state(_replica_mean(d_loss))
+            self.discriminator_accuracy_tracker.update_state(_replica_mean(d_acc))
+        self._update_task_metrics(y, outputs, sample_weight)
+        return self._logs()
+
+    def _layer_grad_norms(self, tape, loss_list, present):
+        """||d L_t / d W|| for each task at GradNorm's kernel W (replica mean)."""
+        kernel = self.gradnorm_kernel()
+        norms = []
+        for t in range(self.num_tasks):
+            g = tape.gradient(loss_list[t], kernel)
+            if g is None:
+                norms.append(tf.constant(0.0))
+                continue
+            g = _replica_mean(tf.convert_to_tensor(g))
+            g = tf.where(tf.math.is_finite(g), g, tf.zeros_like(g))
+            norms.append(tf.norm(tf.reshape(g, [-1])))
+        return tf.stack(norms) * present
+
+    def _balanced_gradients(self, tape, glist, z, net_vars, scaled_total, losses, present):
+        """Network gradients for balancers that combine task gradients."""
+        bal = self.balancer
+        shared = self.shared_variables()
+        shared_ids = {id(v) for v in shared}
+        other = [v for v in net_vars if id(v) not in shared_ids]
+        other_grads = tape.gradient(scaled_total, other) if other else []
+        replicas = _num_replicas()
+        if bal.requires == balancer_base.FEATURE_GRADS:
+            rows = []
+            for t in range(self.num_tasks):
+                g = tape.gradient(glist[t], z)
+                rows.append(tf.zeros([tf.size(z)]) if g is None else tf.reshape(g, [-1]))
+            matrix = tf.stack(rows) * present[:, None]
+            direction = bal.aggregate(matrix, losses, present)
+            direction = tf.reshape(direction, tf.shape(z)) / replicas
+            shared_grads = tape.gradient(z, shared, output_gradients=direction)
+        else:
+            rows = []
+            for t in range(self.num_tasks):
+                gs = tape.gradient(glist[t], shared)
+                rows.append(tf.concat([_flat(g, v) for g, v in zip(gs, shared)], 0))
+            matrix = _replica_mean(tf.stack(rows)) * present[:, None]
+            direction = bal.aggregate(matrix, losses, present) / replicas
+            shared_grads, offset = [], 0
+            for v in shared:
+                n = int(tf.size(v))
+                shared_grads.append(tf.reshape(direction[offset:offset + n], v.shape))
+                offset += n
+        if self.losses:
+            reg = keras_loss_module.scale_loss_for_distribution(
+                tf.add_n([tf.cast(l, "float32") for l in self.losses])
+            )
+            reg_grads = tape.gradient(reg, shared)
+            shared_grads = [
+                s if r is None else (r if s is None else s + r)
+                for s, r in zip(shared_grads, reg_grads)
+            ]
+        by_id = {id(v): g for v, g in zip(shared, shared_grads)}
+        by_id.update({id(v): g for v, g in zip(other, other_grads)})
+        return [by_id.get(id(v)) for v in net_vars]
+
+    def _discriminator_loss(self, inner, z, loss_list, idx, task_ids):
+        """L_d on the per-task gradients dL_t/dz (double back-propagation)."""
+        if self.task_conditioned:
+            g = inner.gradient(tf.add_n([loss_list[i] for i in idx]), z)
+            labels = task_ids
+        else:
+            g = tf.concat([inner.gradient(loss_list[i], z) for i in idx], axis=0)
+            batch = tf.shape(z)[0]
+            labels = tf.repeat(tf.constant(idx, dtype="int32"), batch)
+        logits = self.discriminator(g, training=True)
+        extra = len(logits.shape) - 2
+        labels_full = tf.reshape(labels, [-1] + [1] * extra)
+        labels_full = tf.broadcast_to(labels_full, tf.shape(logits)[:-1])
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels_full, logits)
+        acc = tf.reduce_mean(
+            tf.cast(tf.equal(tf.argmax(logits, -1, output_type="int32"), labels_full), "float32")
+        )
+        return tf.reduce_mean(ce), acc
+
+    def _update_trackers(self, total, losses, present):
+        self.loss_tracker.update_state(_replica_mean(tf.convert_to_tensor(total)))
+        weights = tf.convert_to_tensor(self.balancer.task_weights())
+        for t in range(self.num_tasks):
+            self.task_loss_trackers[t].update_state(losses[t], sample_weight=present[t])
+            self.task_weight_trackers[t].update_state(weights[t])
+
+    def _update_task_metrics(self, y, outputs, sample_weight):
+        for task, metrics in self.task_metrics.items():
+            if task not in y or task not in outputs:
+                continue
+            sw = self._sample_weight(sample_weight, task)
+            for m in metrics:
+                m.update_state(y[task], outputs[task], sample_weight=sw)
+
+    def _logs(self):
+        logs = {"loss": self.loss_tracker.result()}
+        for t, task in enumerate(self.task_names):
+            logs[f"{task}_loss"] = self.task_loss_trackers[t].result()
+            logs[f"{task}_weight"] = self.task_weight_trackers[t].result()
+            names = self._metric_names.get(task, [])
+            for m, name in zip(self.task_metrics.get(task, []), names):
+                result = m.result()
+                if isinstance(result, dict):
+                    for k, v in result.items():
+                        logs[f"{task}_{k}"] = v
+                else:
+                    logs[f"{task}_{name}"] = result
+        if self.discriminator is not None:
+            logs["discriminator_loss"] = self.discriminator_loss_tracker.result()
+            logs["discriminator_accuracy"] = self.discriminator_accuracy_tracker.result()
+        return logs
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y = self._check_labels(y)
+        active = [t for t in self.task_names if t in y] or None
+        outputs = self(x, training=False, tasks=active)
+        loss_list, present_local, _ = self.compute_task_losses(y, outputs, sample_weight)
+        losses = _replica_mean(tf.stack(loss_list))
+        present = tf.cast(_replica_mean(present_local) > 0, "float32")
+        total = self.balancer.combine(losses, present)
+        self._update_trackers(total, losses, present)
+        self._update_task_metrics(y, outputs, sample_weight)
+        logs = self._logs()
+        if self.discriminator is not None:
+            logs.pop("discriminator_loss")
+            logs.pop("discriminator_accuracy")
+        return logs
+
+    def predict_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self(x, training=False)
+
+    @property
+    def metrics(self):
+        metrics = [self.loss_tracker] + self.task_loss_trackers + self.task_weight_trackers
+        for task in self.task_names:
+            metrics += self.task_metrics.get(task, [])
+        if self.discriminator is not None:
+            metrics += [self.discriminator_loss_tracker, self.discriminator_accuracy_tracker]
+        return metrics
+
+    # ------------------------------------------------------------------
+    # fit: the non-finite guard
+    # ------------------------------------------------------------------
+    def fit(self, x=None, *args, callbacks=None, **kwargs):
+        if not self.built:
+            self._build_from(x)
+        callbacks = list(callbacks or [])
+        callbacks.append(NonFiniteGuard())
+        return super().fit(x, *args, callbacks=callbacks, **kwargs)
+
+    def _build_from(self, x):
+        """Builds the model (so it saves a build config) from one input batch.
+
+        The train step runs the encoder and heads without `Model.__call__`,
+        which is what marks a subclassed model built; one eager call on a
+        single example does it.
+        """
+        if isinstance(x, tf.data.Dataset):
+            batch = next(iter(x.take(1)))
+            batch = batch[0] if isinstance(batch, (tuple, list)) else batch
+        elif x is not None and hasattr(x, "__getitem__") and not isinstance(x, dict):
+            batch = x[:1]
+        elif isinstance(x, dict):
+            batch = {k: v[:1] for k, v in x.items()}
+        else:
+            return
+        self(batch, training=False)
+
+    # ------------------------------------------------------------------
+    # Config
+    # ------------------------------------------------------------------
+    def get_config(self):
+        config = {
+            "name": self.name,
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "heads": {
+                t: keras.saving.serialize_keras_object(h) for t, h in self.heads.items()
+            },
+            "discriminator_weight": self.discriminator_weight,
+        }
+        if self.discriminator is not None:
+            config["discriminator"] = keras.saving.serialize_keras_object(
+                self.discriminator
+            )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        config["heads"] = {
+            t: keras.saving.deserialize_keras_object(h)
+            for t, h in config["heads"].items()
+        }
+        if config.get("discriminator") is not None:
+            config["discriminator"] = keras.saving.deserialize_keras_object(
+                config["discriminator"]
+            )
+        return cls(**config)
+
+
+class NonFiniteGuard(keras.callbacks.Callback):
+    """Acts on NaN/inf task losses counted by the train step.
+
+    The train step already excluded the offending task from the update; this
+    callback raises `FloatingPointError` naming it (`nonfinite="raise"`) or
+    warns (`nonfinite="skip"`).
+    """
+
+    def on_train_begin(self, logs=None):
+        self._seen = self.model.nonfinite_counts.numpy().copy()
+
+    def on_train_batch_end(self, batch, logs=None):
+        counts = self.model.nonfinite_counts.numpy()
+        new = counts - self._seen
+        if not new.any():
+            return
+        self._seen = counts.copy()
+        tasks = [t for t, n in zip(self.model.task_names, new) if n > 0]
+        message = (
+            f"Non-finite loss for task(s) {tasks} at batch {batch}: the task "
+            "was excluded from that step's update (network and balancer "
+            "unchanged by it)."
+        )
+        if self.model.nonfinite == "raise":
+            raise FloatingPointError(
+                message + " Stopping (compile(nonfinite='skip') continues instead)."
+            )
+        warnings.warn(message, RuntimeWarning, stacklevel=2)

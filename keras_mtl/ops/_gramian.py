@@ -1,0 +1,89 @@
+"""Gramians of task-gradient matrices, computed in a scale-robust way."""
+
+import tensorflow as tf
+
+
+def as_gradient_matrix(grads, name="grads"):
+    """Checks that `grads` is a float matrix (T, d) and returns it as a tensor."""
+    grads = tf.convert_to_tensor(grads)
+    if not grads.dtype.is_floating:
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected a float "
+            f"tensor of shape (T, d). Received: dtype={grads.dtype.name}"
+        )
+    if grads.shape.rank != 2:
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected a tensor "
+            f"of rank 2, shape (T, d), one row per task. Received: "
+            f"shape={grads.shape}"
+        )
+    return grads
+
+
+def normalized_gramian(grads):
+    """Returns `(cosines, norms)` of the rows of `grads`, both in float64.
+
+    `cosines[s, t] = u_s . u_t` with `u_t = g_t / ||g_t||` (0 for a zero row)
+    and `norms[t] = ||g_t||`, so the Gramian is
+    `G G^T = norms[:, None] * cosines * norms[None, :]`. Every row is divided
+    by its largest absolute entry before any product is taken, so rows scaled
+    anywhere in the float range neither overflow nor underflow, and the
+    cosines do not depend on the row scales.
+
+    Args:
+        grads: float tensor (T, d), one gradient per row.
+
+    Example:
+
+    >>> k, n = keras_mtl.ops.normalized_gramian([[3.0, 0.0], [1e8, 1e8]])
+    >>> k.numpy().round(4), n.numpy()
+    (array([[1.    , 0.7071], [0.7071, 1.    ]]), array([3.000e+00, 1.414e+08]))
+    """
+    grads = as_gradient_matrix(grads)
+    peak = tf.reduce_max(tf.abs(grads), axis=1, keepdims=True)
+    scaled = tf.math.divide_no_nan(grads, peak)
+    inner = tf.matmul(scaled, scaled, transpose_b=True)
+    inner = tf.cast(inner, "float64")
+    sq = tf.maximum(tf.linalg.diag_part(inner), 0.0)
+    unit = tf.sqrt(sq)
+    cosines = tf.math.divide_no_nan(inner, unit[:, None] * unit[None, :])
+    cosines = 0.5 * (cosines + tf.transpose(cosines))
+    norms = unit * tf.cast(peak[:, 0], "float64")
+    return cosines, norms
+
+
+def gramian(grads):
+    """The Gramian `G G^T` (T, T) of the task gradients, in float64."""
+    cosines, norms = normalized_gramian(grads)
+    return norms[:, None] * cosines * norms[None, :]
+
+
+def symmetric_pinv(matrix, rcond):
+    """Moore-Penrose pseudo-inverse of a symmetric matrix, by eigendecomposition.
+
+    Eigenvalues with `|lambda| <= rcond * max|lambda|` are treated as zero, so
+    rank-deficient and ill-conditioned systems give finite, minimum-norm
+    answers. `tf.linalg.eigh` compiles under XLA (`jit_compile=True`), where
+    the SVD behind `tf.linalg.pinv` is not needed.
+    """
+    values, vectors = tf.linalg.eigh(matrix)
+    limit = rcond * tf.reduce_max(tf.abs(values))
+    keep = tf.abs(values) > limit
+    safe = tf.where(keep, values, tf.ones_like(values))
+    inverse = tf.where(keep, 1.0 / safe, tf.zeros_like(values))
+    return tf.matmul(vectors * inverse[None, :], vectors, transpose_b=True)
+
+
+def default_rcond(grads, num_tasks):
+    """Relative eigenvalue cut-off: 10 * T * machine epsilon of the input."""
+    eps = {"float16": 1e-3, "bfloat16": 8e-3, "float32": 1.2e-7}.get(
+        grads.dtype.name, 2.3e-16
+    )
+    return 10.0 * max(int(num_tasks), 1) * eps
+
+
+def task_mask(mask, num_tasks):
+    """`mask` as a float64 vector (T,), all ones when None."""
+    if mask is None:
+        return tf.ones([num_tasks], "float64")
+    return tf.cast(tf.cast(mask, "bool"), "float64")

@@ -1,0 +1,287 @@
+"""MGDA (Sener & Koltun, NeurIPS 2018): the min-norm point of the task gradients."""
+
+import tensorflow as tf
+
+from keras_mtl.ops import _gramian as gramian_lib
+
+NORMALIZATIONS = ("none", "l2", "loss", "loss+")
+
+
+def mgda_normalizers(grads, losses=None, normalization="none"):
+    """Per-task gradient normalisers c_t (T,) of Sener & Koltun's MGDA code.
+
+    - `"none"`: c_t = 1;
+    - `"l2"`: c_t = ||g_t||;
+    - `"loss"`: c_t = L_t;
+    - `"loss+"`: c_t = L_t ||g_t||.
+
+    MGDA then runs on `g_t / c_t` (a zero c_t leaves the row at zero).
+
+    Args:
+        grads: float tensor (T, d).
+        losses: float tensor (T,), needed by `"loss"` and `"loss+"`.
+        normalization: one of `"none"`, `"l2"`, `"loss"`, `"loss+"`.
+
+    Returns:
+        float64 tensor (T,).
+    """
+    check_normalization(normalization)
+    grads = gramian_lib.as_gradient_matrix(grads)
+    if normalization == "none":
+        return tf.ones(tf.shape(grads)[:1], "float64")
+    if normalization in ("loss", "loss+") and losses is None:
+        raise ValueError(
+            f"MGDA normalization '{normalization}' needs the task `losses`. "
+            "Received: losses=None"
+        )
+    _, norms = gramian_lib.normalized_gramian(grads)
+    if normalization == "l2":
+        return norms
+    losses = tf.cast(losses, "float64")
+    return losses if normalization == "loss" else losses * norms
+
+
+def check_normalization(normalization):
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(
+            "Invalid value received for argument `normalization`. Expected one "
+            f"of {NORMALIZATIONS}. Received: normalization={normalization!r}"
+        )
+    return normalization
+
+
+def min_norm_weights_from_gramian(
+    gram, mask=None, max_iters=1000, tolerance=1e-10
+):
+    """Frank-Wolfe min-norm point of a convex hull, given its Gramian (float64).
+
+    Solves `min_alpha alpha^T M alpha` over the simplex (restricted to the
+    tasks in `mask`): starts from the best pair (the exact two-task solution
+    of every pair, keeping the smallest norm, as in Sener & Koltun's solver),
+    then runs pairwise Frank-Wolfe steps with exact line search: mass moves
+    from the worst vertex of the support to the best vertex, which converges
+    linearly on a simplex (Lacoste-Julien & Jaggi 2015), where plain
+    Frank-Wolfe crawls at O(1/k). Stops when the duality gap
+    `max_{alpha_r > 0} (M alpha)_r - min_r (M alpha)_r <= tolerance *
+    alpha^T M alpha`: the KKT conditions of the min-norm problem hold to that
+    relative tolerance.
+
+    Args:
+        gram: float64 tensor (T, T), the Gramian `G G^T`.
+        mask: optional (T,) of tasks allowed in the hull. Defaults to all.
+        max_iters: iteration cap. Defaults to `1000`.
+        tolerance: relative duality-gap tolerance. Defaults to `1e-10`.
+
+    Returns:
+        float64 tensor (T,) on the simplex (zeros if nothing is unmasked).
+    """
+    gram = tf.convert_to_tensor(gram, "float64")
+    allowed = _gramian_mask(mask, gram)
+    return _frank_wolfe(
+        gram,
+        allowed,
+        tf.constant(max_iters, "int32"),
+        tf.constant(tolerance, "float64"),
+    )
+
+
+def _gramian_mask(mask, gram):
+    return gramian_lib.task_mask(mask, tf.shape(gram)[0]) > 0
+
+
+@tf.function(reduce_retracing=True)
+def _frank_wolfe(gram, allowed, max_iters, tolerance):
+    """The solver loop, compiled once per shape (eager loops are slow)."""
+    num = tf.shape(gram)[0]
+    diag = tf.linalg.diag_part(gram)
+    inf = tf.constant(float("inf"), "float64")
+
+    # Best pair: gamma on task i, 1 - gamma on task j.
+    den = diag[:, None] + diag[None, :] - 2.0 * gram
+    gamma = tf.where(
+        den > 0,
+        tf.clip_by_value(
+            tf.math.divide_no_nan(diag[None, :] - gram, den), 0.0, 1.0
+        ),
+        tf.ones_like(den),
+    )
+    value = (
+        gamma**2 * diag[:, None]
+        + 2.0 * gamma * (1.0 - gamma) * gram
+        + (1.0 - gamma) ** 2 * diag[None, :]
+    )
+    pair_ok = tf.logical_and(allowed[:, None], allowed[None, :])
+    value = tf.where(pair_ok, value, inf)
+    best = tf.argmin(tf.reshape(value, [-1]), output_type="int32")
+    i, j = best // num, best % num
+    g_ij = tf.gather_nd(gamma, [[i, j]])[0]
+    alpha = g_ij * tf.one_hot(i, num, dtype="float64") + (1.0 - g_ij) * tf.one_hot(
+        j, num, dtype="float64"
+    )
+
+    abs_gram = tf.abs(gram)
+
+    def gap_of(alpha, m_alpha):
+        s = tf.argmin(tf.where(allowed, m_alpha, inf), output_type="int32")
+        a = tf.argmax(tf.where(alpha > 0, m_alpha, -inf), output_type="int32")
+        return s, a, m_alpha[a] - m_alpha[s]
+
+    def cond(it, alpha, m_alpha, moving):
+        s, a, gap = gap_of(alpha, m_alpha)
+        norm2 = tf.reduce_sum(alpha * m_alpha)
+        # Rounding noise of (M alpha)_s and (M alpha)_a: below it the gap is
+        # meaningless (e.g. when 0 lies in the hull and norm2 -> 0).
+        noise = 64 * 2.2e-16 * tf.reduce_sum(
+            tf.gather(abs_gram, tf.stack([s, a])) * alpha[None, :]
+        )
+        return tf.logical_and(
+            tf.logical_and(it < max_iters, moving),
+            gap > tolerance * norm2 + noise,
+        )
+
+    def body(it, alpha, m_alpha, moving):
+        s, a, gap = gap_of(alpha, m_alpha)
+        curv = diag[s] + diag[a] - 2.0 * gram[s, a]
+        step = tf.where(
+            curv > 0,
+            tf.minimum(tf.math.divide_no_nan(gap, curv), alpha[a]),
+            alpha[a],
+        )
+        step = tf.maximum(step, 0.0)
+        delta = tf.one_hot(s, num, dtype="float64") - tf.one_hot(
+            a, num, dtype="float64"
+        )
+        new_alpha = alpha + step * delta
+        # The away vertex may be emptied exactly; rounding must not leave dust.
+        new_alpha = tf.where(
+            tf.logical_and(tf.range(num) == a, step >= alpha[a]),
+            tf.zeros_like(new_alpha),
+            tf.maximum(new_alpha, 0.0),
+        )
+        new_m_alpha = tf.linalg.matvec(gram, new_alpha)
+        return it + 1, new_alpha, new_m_alpha, step > 0
+
+    _, alpha, _, _ = tf.while_loop(
+        cond,
+        body,
+        (tf.constant(0), alpha, tf.linalg.matvec(gram, alpha), tf.constant(True)),
+    )
+    alpha = tf.where(allowed, alpha, 0.0)
+    return tf.math.divide_no_nan(alpha, tf.reduce_sum(alpha))
+
+
+def mgda_weights(
+    grads,
+    losses=None,
+    normalization="none",
+    mask=None,
+    max_iters=1000,
+    tolerance=1e-10,
+):
+    """MGDA weights: the min-norm point of the convex hull of the task gradients.
+
+    `alpha = argmin ||sum_t alpha_t g_t||^2` over `alpha_t >= 0`,
+    `sum_t alpha_t = 1` (Sener & Koltun, Algorithm 2, eq. 3), solved by
+    Frank-Wolfe on the Gramian in float64 from the best pair, to a tight
+    duality-gap tolerance (see `min_norm_weights_from_gramian`). The combined
+    gradient `g = alpha @ grads` satisfies `g . g_t >= ||g||^2 >= 0` for every
+    task: a common descent direction, zero only at a Pareto-stationary point.
+
+    With a `normalization` other than `"none"`, the min-norm point is taken
+    over the normalised gradients `g_t / c_t` (`mgda_normalizers`) and the
+    returned weights are `alpha_t / c_t`, so that `weights @ grads` is that
+    min-norm point. (Sener & Koltun's code instead multiplies the raw losses
+    by `alpha_t`; the two agree for `"none"`.) The rows are taken at face
+    value: the Gramian is formed from max-abs-rescaled rows and rebuilt in
+    float64, so rows scaled from 1e-8 to 1e8 stay accurate.
+
+    Args:
+        grads: float tensor (T, d): feature-level gradients `dL_t/dz` (the
+            paper's MGDA-UB) or shared-parameter gradients.
+        losses: float tensor (T,), for the `"loss"` / `"loss+"` normalisations.
+        normalization: `"none"` (default), `"l2"`, `"loss"` or `"loss+"`.
+        mask: optional (T,): tasks to include; the others get weight 0.
+        max_iters: Frank-Wolfe iteration cap. Defaults to `1000`.
+        tolerance: relative duality-gap tolerance. Defaults to `1e-10`.
+
+    Returns:
+        A tensor (T,) of the input dtype, non-negative.
+
+    Example:
+
+    >>> keras_mtl.ops.mgda_weights([[1.0, 0.0], [2.0, 1.0]]).numpy()
+    array([1., 0.], dtype=float32)
+
+    Reference:
+        Sener, Koltun. "Multi-Task Learning as Multi-Objective Optimization".
+        NeurIPS 2018.
+    """
+    grads = gramian_lib.as_gradient_matrix(grads)
+    scale = mgda_normalizers(grads, losses, normalization)
+    cosines, norms = gramian_lib.normalized_gramian(grads)
+    norms = tf.math.divide_no_nan(norms, scale)
+    gram = norms[:, None] * cosines * norms[None, :]
+    alpha = min_norm_weights_from_gramian(
+        gram, mask=mask, max_iters=max_iters, tolerance=tolerance
+    )
+    return tf.cast(tf.math.divide_no_nan(alpha, scale), grads.dtype)
+
+
+def mgda_closed_form_weights(grads, mask=None, rcond=None):
+    """Min-norm point of the affine hull of the task gradients (no alpha >= 0).
+
+    The relaxed MGDA of Liu et al. (ICLR 2021, appendix C.2):
+    `min ||sum_t alpha_t g_t||` subject to `sum_t alpha_t = 1` only, whose
+    solution is `alpha_{2:T} = g_1 D^T (D D^T)^{-1}` with
+    `D = [g_1 - g_t]_t`. **The weights may be negative**: without the
+    `alpha >= 0` constraint the point can leave the convex hull (two
+    gradients (1, 0) and (2, 1) give alpha = (1.5, -0.5)).
+
+    Solved robustly from the KKT system of the equivalent problem in unit
+    directions: with `alpha_t = beta_t r_t`, `r = (1/||g_t||) / ||1/||g||||`,
+    `[[K, r], [r^T, 0]] [beta; -mu] = [0; 1]` (`K` the cosine matrix), by a
+    float64 pseudo-inverse. It is scale-robust, and for rank-deficient
+    gradients (identical rows, more tasks than dimensions) it returns the
+    minimum-norm solution of the (always consistent) KKT system, a true
+    minimiser. A zero gradient row is itself the minimum (norm 0): the weights
+    are then uniform over the zero rows.
+
+    Args:
+        grads: float tensor (T, d).
+        mask: optional (T,): tasks to include; the others get weight 0.
+        rcond: relative eigenvalue cut-off. Defaults to `10 * T * eps`.
+
+    Returns:
+        A tensor (T,) of the input dtype, summing to 1.
+
+    Example:
+
+    >>> keras_mtl.ops.mgda_closed_form_weights([[1.0, 0.0], [2.0, 1.0]]).numpy()
+    array([ 1.5, -0.5], dtype=float32)
+
+    Reference:
+        Liu et al. "Towards Impartial Multi-task Learning". ICLR 2021,
+        section 4 and appendix C.2.
+    """
+    grads = gramian_lib.as_gradient_matrix(grads)
+    num_tasks = grads.shape[0]
+    if rcond is None:
+        rcond = gramian_lib.default_rcond(grads, (num_tasks or 1) + 1)
+    num = tf.shape(grads)[0]
+    cosines, norms = gramian_lib.normalized_gramian(grads)
+    wanted = gramian_lib.task_mask(mask, num)
+    zero = wanted * tf.cast(norms <= 0, "float64")
+    active = wanted - zero
+    inv = tf.math.divide_no_nan(active, norms)
+    r = tf.math.divide_no_nan(inv, tf.norm(inv))
+    k = cosines * active[:, None] * active[None, :] + tf.linalg.diag(1.0 - active)
+    top = tf.concat([k, r[:, None]], axis=1)
+    bottom = tf.concat([r[None, :], tf.zeros([1, 1], "float64")], axis=1)
+    kkt = tf.concat([top, bottom], axis=0)
+    rhs = tf.one_hot(num, num + 1, dtype="float64")
+    solution = tf.linalg.matvec(gramian_lib.symmetric_pinv(kkt, rcond), rhs)
+    alpha = solution[:num] * r
+    alpha = tf.math.divide_no_nan(alpha, tf.reduce_sum(alpha))
+    on_zero = tf.math.divide_no_nan(zero, tf.reduce_sum(zero))
+    alpha = tf.where(tf.reduce_sum(zero) > 0, on_zero, alpha)
+    return tf.cast(alpha, grads.dtype)

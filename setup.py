@@ -1,0 +1,33 @@
+"""keras-mtl: multi-task learning for Keras 3 / TensorFlow."""
+from setuptools import find_packages, setup
+
+setup(
+    name="keras-mtl",
+    version="0.1.0",
+    description=(
+        "Multi-task learning for Keras 3 / TensorFlow: GradNorm, IMTL, "
+        "Maximum Roaming, attentive single-tasking and their baselines."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["keras_mtl", "keras_mtl.*", "launch"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "keras>=3.3",
+        "tensorflow-datasets>=4.9",
+        "keras-cv>=0.9",
+        "gin-config>=0.5",
+        "absl-py>=1.0",
+        "numpy>=1.24",
+        "matplotlib>=3.7",
+        "tensorboard>=2.16",
+        "importlib_resources>=5.0",
+    ],
+    # TensorFlow comes as an extra so that a GPU user's `tensorflow[and-cuda]`
+    # is not shadowed by a second, CPU-only distribution: pick one.
+    extras_require={
+        "cpu": ["tensorflow-cpu>=2.16"],
+        "gpu": ["tensorflow[and-cuda]>=2.16"],
+        "test": ["pytest>=7"],
+    },
+)
