@@ -20,6 +20,7 @@ import tensorflow as tf
 import keras_mtl
 from keras_mtl import balancers
 from keras_mtl import callbacks as mtl_callbacks
+from keras_mtl import distribute as mtl_distribute
 from keras_mtl.data import toy as toy_data_module
 from keras_mtl.models import toy as _toy_models  # noqa: F401 (gin registration)
 
@@ -35,7 +36,8 @@ def register_gin_externals():
         gin.external_configurable(
             getattr(keras.optimizers, name), module="keras.optimizers"
         )
-    for name in ("ExponentialDecay", "PiecewiseConstantDecay", "CosineDecay"):
+    for name in ("ExponentialDecay", "PiecewiseConstantDecay", "CosineDecay",
+                 "PolynomialDecay"):
         gin.external_configurable(
             getattr(keras.optimizers.schedules, name),
             module="keras.optimizers.schedules",
@@ -112,6 +114,7 @@ def train(
     seed=0,
     jit_compile=False,
     strategy=None,
+    deterministic=False,
     verbose=0,
 ):
     """Trains a MultiTaskModel and writes everything a run needs to be reproduced.
@@ -142,7 +145,15 @@ def train(
         callbacks: extra Keras callbacks (instances or factories).
         seed: seeds Python, numpy and TensorFlow (`keras.utils.set_random_seed`).
         jit_compile: XLA-compile the train step.
-        strategy: optional `tf.distribute.Strategy` to build and train under.
+        strategy: optional `tf.distribute.Strategy` to build and train
+            under, or its name for `keras_mtl.distribute.get_strategy`
+            (`"one_device"`, `"mirrored"`, `"multi_worker"`, `"tpu"`).
+            Under `multi_worker` training runs the custom distributed loop
+            `keras_mtl.distribute.fit` (Keras 3 `fit` fails there), and
+            workers other than the chief write into `model_dir/worker_<i>`.
+        deterministic: enable TensorFlow's deterministic ops, so that a run
+            killed and resumed by `BackupAndRestore` ends with the same
+            weights as an uninterrupted one.
         verbose: Keras fit verbosity.
 
     Returns:
@@ -157,7 +168,16 @@ def train(
         )
     os.makedirs(model_dir, exist_ok=True)
     keras.utils.set_random_seed(seed)
-    strategy = strategy or tf.distribute.get_strategy()
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if strategy is None or isinstance(strategy, str):
+        strategy = mtl_distribute.get_strategy(strategy)
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    if multi_worker and not strategy.extended.should_checkpoint:
+        # Only the chief writes the run; the others write beside it.
+        model_dir = os.path.join(
+            model_dir, f"worker_{strategy.cluster_resolver.task_id}")
+        os.makedirs(model_dir, exist_ok=True)
     # Datasets given as factories are built after seeding: a tf.data shuffle
     # seed combines with the global seed at construction time.
     train_data = _materialize(train_data)
@@ -190,21 +210,31 @@ def train(
         )
         cbs.append(normalized)
     os.makedirs(os.path.join(model_dir, "checkpoints"), exist_ok=True)
+    backup_dir = os.path.join(model_dir, "backup")
     cbs += [
-        keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup")),
+        keras.callbacks.BackupAndRestore(backup_dir),
         keras.callbacks.ModelCheckpoint(
             os.path.join(model_dir, "checkpoints", "epoch_{epoch:04d}.keras")
         ),
         keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard")),
     ]
     cbs += [_materialize(c) for c in callbacks]
-    history = net.fit(
-        train_data.repeat(),
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        callbacks=cbs,
-        verbose=verbose,
-    )
+    if multi_worker:
+        history = mtl_distribute.fit(
+            net, train_data.repeat(), strategy=strategy, epochs=epochs,
+            steps_per_epoch=steps_per_epoch, callbacks=cbs, verbose=verbose,
+        )
+    else:
+        # BackupAndRestore resumes at the start of the epoch after its last
+        # backup; the data stream must resume there too for an exact resume.
+        start = _backup_epoch(backup_dir)
+        history = net.fit(
+            train_data.repeat().skip(start * steps_per_epoch),
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=cbs,
+            verbose=verbose,
+        )
     _write_history_csv(os.path.join(model_dir, "history.csv"), history.history)
     if normalized is not None:
         with open(os.path.join(model_dir, "task_normalized_loss.csv"), "w", newline="") as f:
@@ -229,6 +259,15 @@ def train(
         "normalized_loss": normalized,
         "metrics": final,
     }
+
+
+def _backup_epoch(backup_dir):
+    """The epoch a `BackupAndRestore` backup in `backup_dir` resumes at (0 if none)."""
+    path = os.path.join(backup_dir, "training_metadata.json")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return int(json.load(f).get("epoch", 0))
 
 
 def _write_history_csv(path, history):

@@ -1,13 +1,16 @@
 """MultiTaskModel: one encoder, T heads, and the train step that balances them."""
 
+import json
 import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras.src.losses import loss as keras_loss_module
 from keras.src.losses.losses import LossFunctionWrapper
 
 from keras_mtl import balancers as balancers_module
+from keras_mtl import distribute
 from keras_mtl.balancers import base as balancer_base
 from keras_mtl.layers import task_conditioned as tc
 
@@ -20,6 +23,21 @@ def _replica_mean(x):
     if ctx is None or ctx.num_replicas_in_sync == 1:
         return x
     return ctx.all_reduce(tf.distribute.ReduceOp.MEAN, x)
+
+
+def _gather_columns(matrix):
+    """Concatenates every replica's (T, n_r) matrix along axis 1.
+
+    Returns `(matrix, offset)`: the gathered (T, sum_r n_r) matrix, identical
+    on every replica, and where this replica's columns start. Identity on
+    one device.
+    """
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return matrix, 0
+    sizes = ctx.all_gather(tf.shape(matrix)[1:2], axis=0)
+    offset = tf.reduce_sum(sizes[: ctx.replica_id_in_sync_group])
+    return ctx.all_gather(matrix, axis=1), offset
 
 
 def _num_replicas():
@@ -45,6 +63,29 @@ def _sanitize(grads):
 def _loss_name(loss, task):
     name = getattr(loss, "name", None) or getattr(loss, "__name__", None)
     return name or f"{task}_loss_fn"
+
+
+_SIGNATURE_KEY = "keras_mtl_signature"
+
+
+class _CheckpointSignature(tf.__internal__.tracking.Trackable):
+    """Saves the model's tasks and balancer in `tf.train.Checkpoint`s.
+
+    On restore it compares them with the model being restored into and
+    raises instead of letting a checkpoint of another task set or balancer
+    restore partially (unmatched checkpoint values are otherwise ignored).
+    """
+
+    def __init__(self, model):
+        self._model_ref = model
+
+    def _serialize_to_tensors(self):
+        return {_SIGNATURE_KEY: tf.constant(json.dumps(self._model_ref.checkpoint_signature()))}
+
+    def _restore_from_tensors(self, restored_tensors):
+        saved = restored_tensors[_SIGNATURE_KEY]
+        self._model_ref._check_signature(json.loads(saved.numpy().decode()))
+        return tf.no_op()
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
@@ -160,6 +201,7 @@ class MultiTaskModel(keras.Model):
         )
         self.balancer = None
         self.task_losses = None
+        self._signature_trackable = _CheckpointSignature(self)
         self.task_metrics = {}
         self._metric_names = {}
         self.nonfinite = "raise"
@@ -190,6 +232,14 @@ class MultiTaskModel(keras.Model):
         idx = self._task_indices(tasks)
         if not self.task_conditioned:
             return self.encoder(x, training=training), None, idx
+        if getattr(self.encoder, "has_shared_prefix", False):
+            # Task conditioning starts late (e.g. task SE in the decoder
+            # only): run the shared prefix once and fold only its output.
+            x = self.encoder.shared_prefix(x, training=training)
+            folded, slot = tc.fold_tasks(x, len(idx))
+            task_ids = tf.gather(tf.constant(idx, dtype="int32"), slot)
+            z = self.encoder.task_suffix(folded, task=task_ids, training=training)
+            return z, task_ids, idx
         folded, slot = tc.fold_tasks(x, len(idx))
         task_ids = tf.gather(tf.constant(idx, dtype="int32"), slot)
         z = self.encoder(folded, task=task_ids, training=training)
@@ -198,10 +248,9 @@ class MultiTaskModel(keras.Model):
     def decode(self, z, idx, training=None):
         """Applies the heads of tasks `idx` to z (sliced per task if folded)."""
         if self.task_conditioned:
-            parts = tf.nest.map_structure(lambda t: tf.split(t, len(idx)), z)
+            flat = [tf.split(t, len(idx)) for t in tf.nest.flatten(z)]
             per_task = [
-                tf.nest.map_structure(lambda p, i=i: p[i], parts,
-                                      is_leaf=lambda p: isinstance(p, list))
+                tf.nest.pack_sequence_as(z, [parts[i] for parts in flat])
                 for i in range(len(idx))
             ]
         else:
@@ -289,6 +338,8 @@ class MultiTaskModel(keras.Model):
         self._set_tracked("balancer", bal)
         self._set_tracked("task_metrics", task_metrics)
         self.nonfinite = nonfinite
+        # XLA fails under multi-replica strategies here: graph mode instead.
+        jit_compile = distribute.resolve_jit_compile(jit_compile)
         super().compile(
             optimizer=optimizer,
             run_eagerly=run_eagerly,
@@ -398,8 +449,11 @@ class MultiTaskModel(keras.Model):
         """Variables that only `task` uses: its head and its task variables."""
         i = self.task_names.index(task)
         variables = list(self.heads[task].trainable_variables)
-        if self.task_conditioned:
-            for layer in tc.task_conditioned_layers(self.encoder):
+        containers = [self.encoder] + list(self.heads.values())
+        for container in containers:
+            if not tc.is_task_conditioned(container):
+                continue
+            for layer in tc.task_conditioned_layers(container):
                 if hasattr(layer, "task_variables"):
                     variables += [v for v in layer.task_variables(i) if v.trainable]
         return variables
@@ -548,7 +602,6 @@ class MultiTaskModel(keras.Model):
         forward_tasks = active or None
 
         with tf.GradientTape(persistent=True) as tape:
-            tape.watch([v.value for v in learned])
             z, task_ids, idx = self.encode(x, training=True, tasks=forward_tasks)
             inner = None
             if self.discriminator is not None:
@@ -584,7 +637,11 @@ class MultiTaskModel(keras.Model):
         present = tf.cast(present > 0, "float32")
 
         grad_norms = None
-        if needs in (balancer_base.LOSSES, balancer_base.LAYER_GRAD_NORMS):
+        if needs == balancer_base.LAYER_GRAD_NORMS and self.discriminator is None:
+            grads, grad_norms = self._split_head_gradients(
+                tape, z, loss_list, losses_local, total, net_vars, present_local
+            )
+        elif needs in (balancer_base.LOSSES, balancer_base.LAYER_GRAD_NORMS):
             grads = tape.gradient(scaled_total, net_vars)
             if needs == balancer_base.LAYER_GRAD_NORMS:
                 grad_norms = self._layer_grad_norms(tape, loss_list, present_local)
@@ -593,12 +650,7 @@ class MultiTaskModel(keras.Model):
                 tape, glist, z, net_vars, scaled_total, losses, present
             )
         if learned:
-            learned_grads = tape.gradient(total, [v.value for v in learned])
-            learned_grads = [
-                tf.zeros_like(v) if g is None else g
-                for g, v in zip(learned_grads, learned)
-            ]
-            learned_grads = _sanitize([_replica_mean(g) for g in learned_grads])
+            learned_grads = self._learned_gradients(losses_local, present_local)
         del tape
         if inner is not None:
             del inner
@@ -616,6 +668,80 @@ class MultiTaskModel(keras.Model):
             self.discriminator_accuracy_tracker.update_state(_replica_mean(d_acc))
         self._update_task_metrics(y, outputs, sample_weight)
         return self._logs()
+
+    def _learned_gradients(self, losses, present):
+        """d total / d (balancer's learned variables), losses held constant.
+
+        The balancer's variables enter the loss only through `combine`, so
+        this small tape over `combine` alone gives the exact partial
+        derivatives without another pass through the network.
+        """
+        bal = self.balancer
+        watched = [v.value for v in bal.learned_variables]
+        with tf.GradientTape() as tape:
+            tape.watch(watched)
+            combined = bal.combine(tf.stop_gradient(losses), present)
+            if self.discriminator is not None:
+                combined = (1.0 - self.discriminator_weight) * combined
+        grads = tape.gradient(combined, watched)
+        grads = [tf.zeros_like(w) if g is None else g for g, w in zip(grads, watched)]
+        return _sanitize([_replica_mean(g) for g in grads])
+
+    def _split_head_gradients(self, tape, z, loss_list, losses_local, total,
+                              net_vars, present):
+        """Network gradients and GradNorm's per-task kernel norms, heads once each.
+
+        Each task's backward pass through its head gives both its head's
+        gradient and g_t = dL_t/dz; the encoder then gets one backward pass
+        of sum_t c_t g_t (c_t = d total / d L_t), and ||dL_t/dW|| needs only
+        the pass from z back to W (the last shared layer). Equal to
+        `tape.gradient(total, net_vars)` plus T head-and-kernel passes, at
+        about the cost of the first alone.
+        """
+        replicas = _num_replicas()
+        coeffs = tape.gradient(total, losses_local)
+        coeffs = tf.zeros([self.num_tasks]) if coeffs is None else coeffs
+        kernel = self.gradnorm_kernel()
+        shared = self.shared_variables()
+        shared_ids = {id(v) for v in shared}
+        by_id, norms = {}, []
+        direction = None
+        for t, task in enumerate(self.task_names):
+            head_vars = [v for v in net_vars
+                         if id(v) not in shared_ids
+                         and any(v is h for h in self.heads[task].trainable_variables)]
+            grads = tape.gradient(loss_list[t], [z] + head_vars)
+            g_z = grads[0]
+            if g_z is None:
+                norms.append(tf.constant(0.0))
+                continue
+            g_z = tf.where(tf.math.is_finite(g_z), g_z, tf.zeros_like(g_z))
+            for v, g in zip(head_vars, grads[1:]):
+                if g is not None:
+                    by_id[id(v)] = g * (coeffs[t] / replicas)
+            term = g_z * coeffs[t]
+            direction = term if direction is None else direction + term
+            g_w = tape.gradient(z, kernel, output_gradients=g_z)
+            g_w = _replica_mean(tf.convert_to_tensor(g_w))
+            norms.append(tf.norm(tf.reshape(g_w, [-1])))
+        if direction is not None:
+            shared_grads = tape.gradient(
+                z, shared, output_gradients=direction / replicas
+            )
+        else:
+            shared_grads = [None] * len(shared)
+        if self.losses:
+            reg = keras_loss_module.scale_loss_for_distribution(
+                tf.add_n([tf.cast(l, "float32") for l in self.losses])
+            )
+            reg_grads = tape.gradient(reg, net_vars)
+            for v, g in zip(net_vars, reg_grads):
+                if g is not None:
+                    by_id[id(v)] = g if by_id.get(id(v)) is None else by_id[id(v)] + g
+        for v, g in zip(shared, shared_grads):
+            if g is not None:
+                by_id[id(v)] = g if by_id.get(id(v)) is None else by_id[id(v)] + g
+        return [by_id.get(id(v)) for v in net_vars], tf.stack(norms) * present
 
     def _layer_grad_norms(self, tape, loss_list, present):
         """||d L_t / d W|| for each task at GradNorm's kernel W (replica mean)."""
@@ -644,9 +770,15 @@ class MultiTaskModel(keras.Model):
             for t in range(self.num_tasks):
                 g = tape.gradient(glist[t], z)
                 rows.append(tf.zeros([tf.size(z)]) if g is None else tf.reshape(g, [-1]))
-            matrix = tf.stack(rows) * present[:, None]
+            # Each replica holds dL_t/dz for its own examples only: the
+            # global matrix is every replica's columns side by side (scaled by
+            # 1/R, as L_t is the mean of the replicas' means), so the balancer
+            # sees the same G on every replica and on one device.
+            matrix = tf.stack(rows) / replicas * present[:, None]
+            matrix, offset = _gather_columns(matrix)
             direction = bal.aggregate(matrix, losses, present)
-            direction = tf.reshape(direction, tf.shape(z)) / replicas
+            direction = tf.slice(direction, [offset], [tf.size(z)])
+            direction = tf.reshape(direction, tf.shape(z))
             shared_grads = tape.gradient(z, shared, output_gradients=direction)
         else:
             rows = []
@@ -676,7 +808,8 @@ class MultiTaskModel(keras.Model):
     def _discriminator_loss(self, inner, z, loss_list, idx, task_ids):
         """L_d on the per-task gradients dL_t/dz (double back-propagation)."""
         if self.task_conditioned:
-            g = inner.gradient(tf.add_n([loss_list[i] for i in idx]), z)
+            # Each row block of the folded z only reaches its own task's loss.
+            g = inner.gradient([loss_list[i] for i in idx], z)
             labels = task_ids
         else:
             g = tf.concat([inner.gradient(loss_list[i], z) for i in idx], axis=0)
@@ -782,6 +915,52 @@ class MultiTaskModel(keras.Model):
         else:
             return
         self(batch, training=False)
+
+    # ------------------------------------------------------------------
+    # Checkpoint compatibility
+    # ------------------------------------------------------------------
+    def checkpoint_signature(self):
+        """What a checkpoint of this model must match: tasks and balancer."""
+        balancer = self.balancer
+        return {
+            "tasks": list(self.task_names),
+            "balancer": None if balancer is None else type(balancer).__name__,
+        }
+
+    def _check_signature(self, saved):
+        mine = self.checkpoint_signature()
+        problems = []
+        if saved.get("tasks") != mine["tasks"]:
+            problems.append(
+                f"it has {len(saved.get('tasks') or [])} tasks {saved.get('tasks')}, "
+                f"this model {len(mine['tasks'])} tasks {mine['tasks']}"
+            )
+        if None not in (saved.get("balancer"), mine["balancer"]) and (
+            saved["balancer"] != mine["balancer"]
+        ):
+            problems.append(
+                f"it was made with balancer {saved['balancer']}, this model is "
+                f"compiled with {mine['balancer']}"
+            )
+        if problems:
+            raise ValueError(
+                f"Cannot restore a checkpoint of another multi-task setup into "
+                f"model '{self.name}': " + "; ".join(problems) + ". Build and "
+                "compile the model as it was when the checkpoint was saved."
+            )
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        text = json.dumps(self.checkpoint_signature()).encode("utf-8")
+        store[_SIGNATURE_KEY] = np.frombuffer(text, dtype="uint8")
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        if _SIGNATURE_KEY in keys:
+            raw = np.asarray(store[_SIGNATURE_KEY], dtype="uint8").tobytes()
+            self._check_signature(json.loads(raw.decode("utf-8")))
+            store = {k: store[k] for k in keys if k != _SIGNATURE_KEY}
+        super().load_own_variables(store)
 
     # ------------------------------------------------------------------
     # Config

@@ -24,11 +24,17 @@ import os
 from absl import app
 from absl import flags
 
-flags.DEFINE_string("model", None, ".keras file, run dir, .weights.h5 file or checkpoint prefix.")
-flags.DEFINE_multi_string("gin_file", [], "Gin config files (the run's experiment config).")
-flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings overriding the files.")
-flags.DEFINE_string("out_dir", None, "Where metrics.json and metrics.md are written.")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Defines the launcher's flags (at run time, so that importing this module
+    next to `launch.train`, which defines `--gin_file` too, is harmless)."""
+    flags.DEFINE_string("model", None, ".keras file, run dir, .weights.h5 file or checkpoint prefix.")
+    flags.DEFINE_multi_string("gin_file", [], "Gin config files (the run's experiment config).")
+    flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings overriding the files.")
+    flags.DEFINE_string("out_dir", None, "Where metrics.json and metrics.md are written.")
+    flags.mark_flags_as_required(["model", "out_dir"])
 
 
 def load_model(path):
@@ -63,8 +69,6 @@ def load_model(path):
 
 
 def _build(model):
-    import keras
-
     if not model.built:
         data = _eval_data()
         x, _ = next(iter(data))
@@ -219,5 +223,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["model", "out_dir"])
+    define_flags()
     app.run(main)

@@ -3,6 +3,12 @@ r"""Trains a multi-task model from gin configs.
     python -m launch.train --gin_file=gin/toy_gradnorm_t2.gin \
         --gin_bindings='GradNorm.alpha = 0.12' --model_dir=runs/toy_t2
 
+Distributed training: `--distribution_strategy=one_device|mirrored|multi_worker|tpu`
+(see keras_mtl/distribute.py; multi_worker reads the cluster from TF_CONFIG
+and trains with the custom loop `keras_mtl.distribute.fit`). A killed run
+restarted with the same flags resumes from its last epoch
+(`keras.callbacks.BackupAndRestore` in `<model_dir>/backup`).
+
 Run length and output directory are flags; everything about the model, data
 and method is in gin (see keras_mtl/experiment.py for what `train` binds).
 The operative config is written to `<model_dir>/operative_config.gin`.
@@ -16,6 +22,14 @@ flags.DEFINE_multi_string("gin_file", [], "Gin config files, applied in order.")
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings overriding the files.")
 flags.DEFINE_string("model_dir", None, "Output directory of the run.")
 flags.DEFINE_integer("steps", None, "Overrides train.steps when given.")
+flags.DEFINE_enum(
+    "distribution_strategy", None,
+    ["one_device", "mirrored", "multi_worker", "tpu"],
+    "tf.distribute strategy (overrides train.strategy). one_device: first "
+    "GPU, else CPU; mirrored: all local GPUs (model.fit); multi_worker: "
+    "MultiWorkerMirroredStrategy, cluster from TF_CONFIG, trained by the "
+    "custom loop keras_mtl.distribute.fit (Keras 3 fit fails there); tpu: "
+    "TPUStrategy, a clear error when no TPU is found.")
 flags.mark_flag_as_required("model_dir")
 FLAGS = flags.FLAGS
 
@@ -32,7 +46,10 @@ def main(argv):
     if FLAGS.steps is not None:
         bindings.append(f"train.steps = {FLAGS.steps}")
     gin.parse_config_files_and_bindings(FLAGS.gin_file, bindings)
-    result = experiment.train(FLAGS.model_dir)
+    kwargs = {}
+    if FLAGS.distribution_strategy is not None:
+        kwargs["strategy"] = FLAGS.distribution_strategy
+    result = experiment.train(FLAGS.model_dir, **kwargs)
     print(f"Run written to {FLAGS.model_dir}: {result['metrics']}")
 
 

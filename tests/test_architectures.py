@@ -216,7 +216,9 @@ def test_task_se_in_resnet_and_num_tasks_checked_by_model():
 
 
 def test_task_conditioned_segnet_trains_and_round_trips(tmp_path):
-    x = rand(4, 16, 16, 3, seed=5)
+    keras.utils.set_random_seed(0)
+    # piecewise-constant 4x4 blocks: SegNet (no skip connections) can map them
+    x = np.kron(rand(4, 4, 4, 3, seed=5), np.ones((1, 4, 4, 1))).astype("float32")
     y = {"seg": (x[..., 0] > 0.5).astype("int32"), "depth": x[..., 1:2] * 2.0}
     model = segnet_multitask(
         {"seg": 2, "depth": 1}, **TINY_SEGNET,
@@ -226,7 +228,7 @@ def test_task_conditioned_segnet_trains_and_round_trips(tmp_path):
         loss={"seg": keras.losses.SparseCategoricalCrossentropy(from_logits=True), "depth": "mse"},
     )
     history = model.fit(x, y, batch_size=4, epochs=40, verbose=0).history
-    assert history["loss"][-1] < 0.4 * history["loss"][0]
+    assert history["loss"][-1] < 0.25 * history["loss"][0]
     before = model(x)
     path = str(tmp_path / "segnet.keras")
     model.save(path)

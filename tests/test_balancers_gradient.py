@@ -17,7 +17,7 @@ TASKS = ["task_0", "task_1"]
 LR = 3e-2
 INPUT_DIM = 16
 EPOCHS = 8
-DECREASE = 0.8
+LOSS_SCALE_FREE = ("imtl", "imtl_g", "imtl_g_shared", "imtl_l", "gls")
 
 # name -> factory; every registered name of this issue plus the shared modes.
 BALANCERS = {
@@ -57,7 +57,7 @@ def test_registered_names():
 
 
 @pytest.mark.parametrize("name", sorted(BALANCERS))
-def test_config_round_trip_keeps_hyperparameters_and_state(name):
+def test_config_round_trip_keeps_hyperparameters_and_state(name, tmp_path):
     bal = _built(name)
     for v in bal.weights:  # give the state distinctive values
         v.assign(tf.cast(tf.reshape(tf.range(1, tf.size(v) + 1), v.shape), v.dtype))
@@ -69,8 +69,7 @@ def test_config_round_trip_keeps_hyperparameters_and_state(name):
     assert [v.path.split("/")[-1] for v in clone.weights] == [
         v.path.split("/")[-1] for v in bal.weights
     ]
-    checkpoint_dir = tf.train.Checkpoint(b=bal)
-    path = checkpoint_dir.write(f"/tmp/keras_mtl_bal_{name}_{id(bal)}")
+    path = tf.train.Checkpoint(b=bal).write(str(tmp_path / "ckpt"))
     tf.train.Checkpoint(b=clone).read(path).assert_consumed()
     for a, b in zip(bal.weights, clone.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
@@ -210,17 +209,35 @@ def _fit(name, jit_compile, epochs):
     return model, before, after, history.history
 
 
+def _check_training(name, before, after):
+    ratios = np.array([after[t] / before[t] for t in TASKS])
+    # the task-normalised loss falls and no task gets worse
+    assert ratios.mean() < 0.75 and np.all(ratios < 1.05), (name, before, after)
+    if name in LOSS_SCALE_FREE:
+        # IMTL's claim: the small-loss task (sigma 1 vs 8) is not left behind
+        assert np.all(ratios < 0.6), (name, before, after)
+
+
 @pytest.mark.parametrize("name", sorted(BALANCERS))
-def test_fit_reduces_every_task_loss(name):
+def test_fit_reduces_every_task_loss(name, tmp_path):
     model, before, after, history = _fit(name, jit_compile=False, epochs=EPOCHS)
-    for task in TASKS:
-        assert after[task] < DECREASE * before[task], (task, before, after)
+    _check_training(name, before, after)
     assert np.all(np.isfinite(model.balancer.task_weights().numpy()))
     assert np.all(np.isfinite(history["task_0_weight"]))
+    if name in ("imtl", "pcgrad", "dwa"):  # learned scales, step counter, history
+        model.save(tmp_path / "model.keras")
+        loaded = keras.saving.load_model(tmp_path / "model.keras")
+        assert loaded.balancer.get_config() == model.balancer.get_config()
+        for a, b in zip(model.balancer.weights, loaded.balancer.weights):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-@pytest.mark.parametrize("name", sorted(BALANCERS))
+# One XLA fit per registered balancer, plus the parameter-level path.
+XLA_FITS = ["imtl", "imtl_g", "imtl_l", "mgda_ub", "mgda_shared", "pcgrad", "dwa", "gls", "rlw"]
+
+
+@pytest.mark.parametrize("name", XLA_FITS)
 def test_fit_under_xla(name):
-    model, before, after, _ = _fit(name, jit_compile=True, epochs=1)
+    model, before, after, _ = _fit(name, jit_compile=True, epochs=EPOCHS)
     assert model.jit_compile
-    assert sum(after.values()) < 0.9 * sum(before.values()), (before, after)
+    _check_training(name, before, after)

@@ -232,4 +232,14 @@ def test_roaming_config_end_to_end_with_train_and_evaluate(fixtures, tmp_path):
     assert np.isfinite(written["depth"]["loss"]) and written["depth"]["abs_error"] > 0.0
     for task in written:
         if task.startswith("seg_"):
+            # binary mIoU <= pixel accuracy (x / (x + e) is concave and increasing)
             assert 0.0 <= written[task]["mean_iou"] <= written[task]["pixel_accuracy"] <= 1.0
+
+    # a weights file: the architecture comes from the parsed config's train.model
+    weights = str(tmp_path / "run.weights.h5")
+    result["model"].save_weights(weights)
+    again = evaluate.evaluate(weights, str(tmp_path / "eval_weights"))
+    for task in table:
+        for name, value in table[task].items():
+            if name != "loss":  # a weights-only model is not compiled
+                assert again[task][name] == pytest.approx(value, rel=1e-5, abs=1e-6), (task, name)

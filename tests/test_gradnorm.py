@@ -244,9 +244,10 @@ def test_gradnorm_beats_equal_weights_on_the_t2_toy_problem():
         model = toy_mlp(2, seed=0)
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", balancer=balancer)
         initial = mean_task_losses(model, test)
-        model.fit(train, epochs=8, verbose=0)
+        model.fit(train, epochs=10, verbose=0)
         results[name] = mean_task_losses(model, test) / initial
     equal, gradnorm = results["equal"], results["gradnorm"]
+    print("task-normalised test loss ratios", results)
     # Both runs learn the dominant task...
     assert equal[1] < 0.95 and gradnorm[1] < 0.95
     # ...GradNorm's whole run learns (task-normalised loss below T = 2)...

@@ -59,15 +59,13 @@ def _weights(method, grads, dtype="float64"):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("case", sorted(INPUTS))
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_shape_and_finite(method, case, dtype):
-    grads = INPUTS[case]
-    w = _weights(method, grads, dtype)
-    assert w.shape == (grads.shape[0],)
-    assert np.all(np.isfinite(w)), w
-    combined = w @ grads
-    assert np.all(np.isfinite(combined))
+def test_shape_and_finite(method, dtype):
+    for case, grads in sorted(INPUTS.items()):
+        w = _weights(method, grads, dtype)
+        assert w.shape == (grads.shape[0],), case
+        assert np.all(np.isfinite(w)), (case, w)
+        assert np.all(np.isfinite(w @ grads)), case
 
 
 @pytest.mark.parametrize("case", ["random_t5", "random_t12", "badly_scaled"])
@@ -95,15 +93,6 @@ def test_scaling_all_gradients_keeps_weights(method, case):
         np.testing.assert_allclose(
             _weights(method, c * grads), _weights(method, grads), rtol=1e-6
         )
-
-
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_runs_under_xla(method):
-    grads = tf.constant(INPUTS["random_t5"], "float32")
-    compiled = tf.function(METHODS[method], jit_compile=True)
-    np.testing.assert_allclose(
-        compiled(grads).numpy(), METHODS[method](grads).numpy(), rtol=1e-4, atol=1e-6
-    )
 
 
 # --- IMTL-G ------------------------------------------------------------------
@@ -163,13 +152,15 @@ def _check_min_norm_kkt(grads, w, rtol):
     gram = grads @ grads.T
     m_w = gram @ w
     norm2 = w @ m_w
-    scale = np.sqrt(np.outer(np.diag(gram), np.diag(gram))).max()
+    norms = np.sqrt(np.diag(gram))
+    # rounding bound of (M w)_t: eps-level relative to ||g_t|| sum_k w_k ||g_k||
+    noise = 1e-12 * norms * (w @ norms)
     assert np.all(w >= 0) and abs(w.sum() - 1) < 1e-9
     # KKT: (M w)_t >= w^T M w for every t, with equality on the support.
-    slack = rtol * max(norm2, 1e-300) + 1e-13 * scale  # rounding noise
-    assert np.all(m_w >= norm2 - slack), (m_w - norm2, slack)
-    support = w > 1e-12
-    np.testing.assert_allclose(m_w[support], norm2, rtol=rtol, atol=1e-13 * scale)
+    assert np.all(m_w >= norm2 * (1 - rtol) - noise), (m_w - norm2, noise)
+    support = w > 1e-12 * w.max()
+    assert np.all(np.abs(m_w - norm2)[support] <= rtol * norm2 + noise[support]), (
+        m_w - norm2, noise)
     return m_w, norm2
 
 
@@ -217,6 +208,18 @@ def test_mgda_matches_brute_force_on_random_triples():
         w = _weights("mgda", grads)
         assert np.sum((w @ grads) ** 2) <= best[0] * (1 + 1e-9) + 1e-300
         np.testing.assert_allclose(w, best[1], atol=1e-6)
+
+
+def test_mgda_frank_wolfe_converges_from_the_best_pair():
+    """Two tasks: the best pair is exact (no step); T = 12: the duality-gap
+    tolerance is met long before the iteration cap."""
+    for case, most in (("random_t2", 0), ("opposite", 0), ("random_t12", 200), ("badly_scaled", 200)):
+        grads = INPUTS[case]
+        alpha, iters = ops.min_norm_weights_from_gramian(
+            grads @ grads.T, return_iterations=True
+        )
+        assert int(iters) <= most, (case, int(iters))
+        _check_min_norm_kkt(grads, alpha.numpy(), rtol=1e-8)
 
 
 def test_mgda_zero_row_and_mask():

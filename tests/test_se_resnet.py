@@ -19,7 +19,8 @@ TASKS = {"seg": 3, "depth": 1}
 
 def _data(n=8, seed=0):
     rng = np.random.default_rng(seed)
-    x = rng.uniform(size=(n, 32, 32, 3)).astype("float32")
+    # 4x4-pixel blocks: the labels are resolvable at the decoder's stride 4.
+    x = rng.uniform(size=(n, 8, 8, 3)).repeat(4, axis=1).repeat(4, axis=2).astype("float32")
     seg = np.digitize(x[..., 0], [0.33, 0.66]).astype("int32")  # 3 classes from red
     depth = x[..., 1:2] * 2.0 - x[..., 2:3]
     return x, {"seg": seg, "depth": depth}
@@ -89,3 +90,32 @@ def test_astmt_deeplab_se_adversarial_training():
         assert last < 0.7 * first, (task, history[f"{task}_loss"])
     assert all(0.0 <= a <= 1.0 for a in history["discriminator_accuracy"])
     assert set(model.predict(x[:2], verbose=0)) == {"seg", "depth"}
+
+
+def test_keras_file_round_trip_keeps_outputs_and_reversal_strength(tmp_path):
+    x, _ = _data(2)
+    model = astmt_deeplab(TASKS, config=TINY, adversarial=True, discriminator_hidden_units=4)
+    out = model(x, training=False)
+    model.discriminator(tf.zeros((1, 8, 8, TINY["decoder_filters"])))
+    model.discriminator.set_reversal_strength(0.25)
+    path = str(tmp_path / "astmt.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    again = loaded(x, training=False)
+    for task in TASKS:
+        np.testing.assert_array_equal(out[task].numpy(), again[task].numpy())
+    assert float(loaded.discriminator.strength.numpy()) == 0.25
+
+
+def test_decoder_only_encoder_runs_its_backbone_once_equivalently():
+    x = np.random.default_rng(3).uniform(size=(2, 32, 32, 3)).astype("float32")
+    encoder = SEResNetDeepLabEncoder(2, se_encoder="shared", se_decoder=True, **TINY)
+    assert encoder.has_shared_prefix
+    folded, task = fold_tasks(x, 2)
+    full = encoder(folded, task=task, training=False).numpy()
+    prefix = encoder.shared_prefix(x, training=False)  # the backbone, once
+    refolded, _ = fold_tasks(prefix, 2)
+    once = encoder.task_suffix(refolded, task=task, training=False).numpy()
+    np.testing.assert_allclose(once, full, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="no shared prefix"):
+        SEResNetDeepLabEncoder(2, se_encoder="task", **TINY).shared_prefix(x)

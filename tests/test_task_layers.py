@@ -54,9 +54,12 @@ def test_task_se_identical_weights_identical_outputs_equal_keras_cv_se():
 
 
 def test_task_se_gradient_reaches_only_own_block():
-    x = np.abs(X) + 0.5  # post-ReLU-like features: some bottleneck units active
+    x = np.abs(X) + 0.5  # post-ReLU-like features
     se = TaskSqueezeExcite(3, ratio=2)
     se(x, task=TASK)
+    for block in se.blocks:  # positive squeeze kernels: every bottleneck unit active
+        kernel = block.squeeze_conv.kernel
+        kernel.assign(np.abs(kernel.numpy()) + 0.1)
     for t in range(3):
         rows = np.where(TASK == t)[0]
         variables = se.trainable_variables

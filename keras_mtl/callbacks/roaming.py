@@ -92,8 +92,14 @@ class MaximumRoaming(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._delta = self.update_interval()
-        self._last_step = self._step()
+        self._last_step = None
         self._layers = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # Read at the first batch, after every `on_train_begin` (including a
+        # `BackupAndRestore` restore) has run, whatever the callback order.
+        if self._last_step is None:
+            self._last_step = self._step()
 
     def on_train_batch_end(self, batch, logs=None):
         step = self._step()

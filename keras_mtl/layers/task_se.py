@@ -1,7 +1,6 @@
 """Task-specific squeeze-and-excitation (attentive single-tasking)."""
 
 import keras
-import keras_cv
 import tensorflow as tf
 
 from keras_mtl.layers.task_conditioned import TaskConditionedLayer
@@ -67,6 +66,8 @@ class TaskSqueezeExcite(TaskConditionedLayer):
                 f"TaskSqueezeExcite '{self.name}' needs at least 2 channels. "
                 f"Received: input_shape={input_shape}"
             )
+        import keras_cv  # lazily: keeps `import keras_mtl` light
+
         self.filters = channels
         bottleneck = min(max(1, channels // self.ratio), channels - 1)
         self.blocks = []

@@ -276,17 +276,6 @@ def _check_units(name, value):
         )
 
 
-def build_heads(tasks, head_fn, **kwargs):
-    """{task: head} from `tasks` = {task: output size}, in that order."""
-    if not isinstance(tasks, dict) or not tasks:
-        raise ValueError(
-            "Invalid value received for argument `tasks`. Expected a non-empty "
-            "dict {task name: number of outputs}. Received: "
-            f"tasks={tasks!r}"
-        )
-    return {name: head_fn(size, name=f"{name}_head", **kwargs) for name, size in tasks.items()}
-
-
 def build_model(model, input_shape=None):
     """Creates a model's weights by calling it on one zero example of `input_shape`."""
     if input_shape is not None:

@@ -262,6 +262,30 @@ class SEResNetDeepLabEncoder(TaskConditionedLayer):
                 f"'{self.name}' has task-specific layers: call it with `task=` "
                 "(an int32 vector with the task index of every example)."
             )
+        return self.task_suffix(self._prefix(inputs, task, training), task=task,
+                                training=training)
+
+    @property
+    def has_shared_prefix(self):
+        """True when the backbone and ASPP are task-independent (decoder-only SE).
+
+        Then `task_suffix(fold(shared_prefix(x)))` equals `call(fold(x))`, and
+        a model can run the backbone once for all tasks and fold only the
+        decoder (the paper's "one forward pass of the encoder").
+        """
+        return self.se_encoder != "task" and not self.residual_adapters
+
+    def shared_prefix(self, inputs, training=None):
+        """Backbone + ASPP, run once: returns (upsampled ASPP, low-level features)."""
+        if not self.has_shared_prefix:
+            raise ValueError(
+                f"'{self.name}' has task-specific layers in its backbone "
+                f"(se_encoder={self.se_encoder!r}, residual_adapters="
+                f"{self.residual_adapters}): it has no shared prefix."
+            )
+        return self._prefix(inputs, None, training)
+
+    def _prefix(self, inputs, task, training):
         x = keras.activations.relu(self.stem_bn(self.stem_conv(inputs), training=training))
         x = self.stem_pool(x)
         low = None
@@ -269,7 +293,11 @@ class SEResNetDeepLabEncoder(TaskConditionedLayer):
             x = _call(block, x, task, training)
             if i == self.low_level_index:
                 low = x
-        x = self.upsample(self.aspp(x, training=training))
+        return self.upsample(self.aspp(x, training=training)), low
+
+    def task_suffix(self, features, task=None, training=None):
+        """The DeepLabV3+ decoder on `shared_prefix` features (task SE if asked)."""
+        x, low = features
         low = keras.activations.relu(_call(self.low_bn, self.low_conv(low), task, training))
         x = keras.ops.concatenate([x, low], axis=-1)
         for i in range(2):

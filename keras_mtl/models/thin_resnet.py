@@ -11,7 +11,8 @@ channels (the last stage's bottleneck narrowed to 256 so that no layer has
 (2, 2, 2, 1) after the stem: the same /32 output reached sooner, so the
 activations are thinner), then a decoder of learned stride-2 transposed
 convolutions back to stride 4 (320x320 in, 80x80 out). The default widths
-give 15.3M parameters.
+give 14.6M trainable parameters (the paper: ~14M in the preprint, 15M in
+the ICML version).
 
 `ResNetFCN` with ResNet-50's widths, strides (1, 2, 1, 1) and dilations
 (1, 1, 2, 4) is the dilated ResNet-50 (output stride 8) of IMTL and of the

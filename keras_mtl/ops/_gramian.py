@@ -36,8 +36,11 @@ def normalized_gramian(grads):
     Example:
 
     >>> k, n = keras_mtl.ops.normalized_gramian([[3.0, 0.0], [1e8, 1e8]])
-    >>> k.numpy().round(4), n.numpy()
-    (array([[1.    , 0.7071], [0.7071, 1.    ]]), array([3.000e+00, 1.414e+08]))
+    >>> k.numpy().round(4)
+    array([[1.    , 0.7071],
+           [0.7071, 1.    ]])
+    >>> n.numpy()
+    array([3.00000000e+00, 1.41421356e+08])
     """
     grads = as_gradient_matrix(grads)
     peak = tf.reduce_max(tf.abs(grads), axis=1, keepdims=True)

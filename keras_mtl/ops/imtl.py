@@ -47,7 +47,7 @@ def imtl_g_weights(grads, mask=None, rcond=None):
     Example:
 
     >>> keras_mtl.ops.imtl_g_weights([[1.0, 0.0], [0.0, 2.0]]).numpy()
-    array([0.6666667, 0.3333333], dtype=float32)
+    array([0.6666667 , 0.33333334], dtype=float32)
 
     Reference:
         Liu, Li, Kuang, Xue, Chen, Yang, Liao, Zhang. "Towards Impartial

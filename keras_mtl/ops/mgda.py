@@ -51,7 +51,7 @@ def check_normalization(normalization):
 
 
 def min_norm_weights_from_gramian(
-    gram, mask=None, max_iters=1000, tolerance=1e-10
+    gram, mask=None, max_iters=1000, tolerance=1e-10, return_iterations=False
 ):
     """Frank-Wolfe min-norm point of a convex hull, given its Gramian (float64).
 
@@ -66,37 +66,97 @@ def min_norm_weights_from_gramian(
     alpha^T M alpha`: the KKT conditions of the min-norm problem hold to that
     relative tolerance.
 
+    Badly scaled gradients (norms spanning 1e-8 to 1e8) make any first-order
+    method slow, as the optimal weights then span many decades. So once
+    Frank-Wolfe stops, its support is polished: the exact min-norm point of
+    the affine hull of the support (a (|S|+1)-square KKT solve in unit
+    directions, as in `mgda_closed_form_weights`) replaces the iterate when
+    it is non-negative and no worse, and a second Frank-Wolfe pass then
+    certifies it (or goes on from it).
+
     Args:
         gram: float64 tensor (T, T), the Gramian `G G^T`.
         mask: optional (T,) of tasks allowed in the hull. Defaults to all.
         max_iters: iteration cap. Defaults to `1000`.
         tolerance: relative duality-gap tolerance. Defaults to `1e-10`.
+        return_iterations: also return the number of Frank-Wolfe steps of
+            the final (certifying) pass.
 
     Returns:
-        float64 tensor (T,) on the simplex (zeros if nothing is unmasked).
+        float64 tensor (T,) on the simplex (zeros if nothing is unmasked),
+        and the int32 iteration count if `return_iterations`.
     """
     gram = tf.convert_to_tensor(gram, "float64")
     allowed = _gramian_mask(mask, gram)
-    return _frank_wolfe(
+    # Eager calls run the loop as one compiled graph (an eager while loop is
+    # slow); inside a traced function (a train step, XLA) it is inlined.
+    solve = _frank_wolfe_graph if tf.executing_eagerly() else _frank_wolfe
+    alpha, iterations = solve(
         gram,
         allowed,
         tf.constant(max_iters, "int32"),
         tf.constant(tolerance, "float64"),
     )
+    return (alpha, iterations) if return_iterations else alpha
 
 
 def _gramian_mask(mask, gram):
     return gramian_lib.task_mask(mask, tf.shape(gram)[0]) > 0
 
 
-@tf.function(reduce_retracing=True)
 def _frank_wolfe(gram, allowed, max_iters, tolerance):
-    """The solver loop, compiled once per shape (eager loops are slow)."""
+    """Best pair, pairwise Frank-Wolfe, support polish, Frank-Wolfe again."""
+    alpha = _best_pair(gram, allowed)
+    alpha, _ = _pairwise_loop(gram, allowed, alpha, max_iters, tolerance)
+    alpha = _polish(gram, allowed, alpha)
+    alpha, iters = _pairwise_loop(gram, allowed, alpha, max_iters, tolerance)
+    alpha = tf.where(allowed, alpha, 0.0)
+    return tf.math.divide_no_nan(alpha, tf.reduce_sum(alpha)), iters
+
+
+def _scaled_objective(cosines, norms, alpha):
+    """alpha^T M alpha computed as beta^T K beta, beta = alpha * norms.
+
+    The products alpha_t ||g_t|| stay of comparable size even when the norms
+    span many decades, so this is accurate where the plain quadratic form
+    loses everything to rounding.
+    """
+    beta = alpha * norms
+    return tf.reduce_sum(beta * tf.linalg.matvec(cosines, beta))
+
+
+def _unit_form(gram):
+    norms = tf.sqrt(tf.maximum(tf.linalg.diag_part(gram), 0.0))
+    cosines = tf.math.divide_no_nan(gram, norms[:, None] * norms[None, :])
+    return cosines, norms
+
+
+def _polish(gram, allowed, alpha):
+    """The exact min-norm point on the support of `alpha`, when it is better."""
+    cosines, norms = _unit_form(gram)
+    support = tf.cast(tf.logical_and(allowed, alpha > 0), "float64")
+    candidate = _affine_min_norm(cosines, norms, support, rcond=1e-13)
+    valid = tf.logical_and(
+        tf.reduce_all(candidate >= -1e-12),
+        tf.reduce_all(tf.math.is_finite(candidate)),
+    )
+    candidate = tf.maximum(candidate, 0.0)
+    candidate = tf.math.divide_no_nan(candidate, tf.reduce_sum(candidate))
+    better = _scaled_objective(cosines, norms, candidate) <= _scaled_objective(
+        cosines, norms, alpha
+    )
+    keep = tf.logical_and(
+        tf.logical_and(valid, better), tf.reduce_sum(support) > 1.0
+    )
+    return tf.where(keep, candidate, alpha)
+
+
+def _best_pair(gram, allowed):
+    """The smallest of the exact two-task min-norm points over all pairs."""
     num = tf.shape(gram)[0]
     diag = tf.linalg.diag_part(gram)
     inf = tf.constant(float("inf"), "float64")
-
-    # Best pair: gamma on task i, 1 - gamma on task j.
+    # gamma on task i, 1 - gamma on task j.
     den = diag[:, None] + diag[None, :] - 2.0 * gram
     gamma = tf.where(
         den > 0,
@@ -113,61 +173,70 @@ def _frank_wolfe(gram, allowed, max_iters, tolerance):
     pair_ok = tf.logical_and(allowed[:, None], allowed[None, :])
     value = tf.where(pair_ok, value, inf)
     best = tf.argmin(tf.reshape(value, [-1]), output_type="int32")
-    i, j = best // num, best % num
-    g_ij = tf.gather_nd(gamma, [[i, j]])[0]
-    alpha = g_ij * tf.one_hot(i, num, dtype="float64") + (1.0 - g_ij) * tf.one_hot(
-        j, num, dtype="float64"
-    )
+    one_i = tf.one_hot(best // num, num, dtype="float64")
+    one_j = tf.one_hot(best % num, num, dtype="float64")
+    g_ij = tf.reduce_sum(one_i[:, None] * gamma * one_j[None, :])
+    return g_ij * one_i + (1.0 - g_ij) * one_j
 
+
+def _pairwise_loop(gram, allowed, alpha, max_iters, tolerance):
+    """Pairwise Frank-Wolfe steps with exact line search from `alpha`.
+
+    Entries are picked with one-hot products rather than dynamic indexing,
+    which XLA would otherwise turn into compile-time constants (and recompile
+    the train step at every call).
+    """
+    num = tf.shape(gram)[0]
+    inf = tf.constant(float("inf"), "float64")
     abs_gram = tf.abs(gram)
+    any_allowed = tf.reduce_any(allowed)
 
-    def gap_of(alpha, m_alpha):
+    def vertices(alpha, m_alpha):
         s = tf.argmin(tf.where(allowed, m_alpha, inf), output_type="int32")
         a = tf.argmax(tf.where(alpha > 0, m_alpha, -inf), output_type="int32")
-        return s, a, m_alpha[a] - m_alpha[s]
+        one_s = tf.one_hot(s, num, dtype="float64")
+        one_a = tf.one_hot(a, num, dtype="float64")
+        gap = tf.reduce_sum(m_alpha * (one_a - one_s))
+        return one_s, one_a, gap
 
     def cond(it, alpha, m_alpha, moving):
-        s, a, gap = gap_of(alpha, m_alpha)
+        one_s, one_a, gap = vertices(alpha, m_alpha)
         norm2 = tf.reduce_sum(alpha * m_alpha)
         # Rounding noise of (M alpha)_s and (M alpha)_a: below it the gap is
         # meaningless (e.g. when 0 lies in the hull and norm2 -> 0).
         noise = 64 * 2.2e-16 * tf.reduce_sum(
-            tf.gather(abs_gram, tf.stack([s, a])) * alpha[None, :]
+            (one_s + one_a)[:, None] * abs_gram * alpha[None, :]
         )
         return tf.logical_and(
-            tf.logical_and(it < max_iters, moving),
+            tf.logical_and(it < max_iters, tf.logical_and(moving, any_allowed)),
             gap > tolerance * norm2 + noise,
         )
 
     def body(it, alpha, m_alpha, moving):
-        s, a, gap = gap_of(alpha, m_alpha)
-        curv = diag[s] + diag[a] - 2.0 * gram[s, a]
+        one_s, one_a, gap = vertices(alpha, m_alpha)
+        delta = one_s - one_a
+        curv = tf.reduce_sum(delta[:, None] * gram * delta[None, :])
+        mass = tf.reduce_sum(alpha * one_a)
         step = tf.where(
-            curv > 0,
-            tf.minimum(tf.math.divide_no_nan(gap, curv), alpha[a]),
-            alpha[a],
+            curv > 0, tf.minimum(tf.math.divide_no_nan(gap, curv), mass), mass
         )
         step = tf.maximum(step, 0.0)
-        delta = tf.one_hot(s, num, dtype="float64") - tf.one_hot(
-            a, num, dtype="float64"
-        )
-        new_alpha = alpha + step * delta
+        new_alpha = tf.maximum(alpha + step * delta, 0.0)
         # The away vertex may be emptied exactly; rounding must not leave dust.
-        new_alpha = tf.where(
-            tf.logical_and(tf.range(num) == a, step >= alpha[a]),
-            tf.zeros_like(new_alpha),
-            tf.maximum(new_alpha, 0.0),
-        )
+        emptied = tf.logical_and(one_a > 0, step >= mass)
+        new_alpha = tf.where(emptied, tf.zeros_like(new_alpha), new_alpha)
         new_m_alpha = tf.linalg.matvec(gram, new_alpha)
         return it + 1, new_alpha, new_m_alpha, step > 0
 
-    _, alpha, _, _ = tf.while_loop(
+    iters, alpha, _, _ = tf.while_loop(
         cond,
         body,
         (tf.constant(0), alpha, tf.linalg.matvec(gram, alpha), tf.constant(True)),
     )
-    alpha = tf.where(allowed, alpha, 0.0)
-    return tf.math.divide_no_nan(alpha, tf.reduce_sum(alpha))
+    return alpha, iters
+
+
+_frank_wolfe_graph = tf.function(_frank_wolfe, reduce_retracing=True)
 
 
 def mgda_weights(
@@ -267,11 +336,18 @@ def mgda_closed_form_weights(grads, mask=None, rcond=None):
     num_tasks = grads.shape[0]
     if rcond is None:
         rcond = gramian_lib.default_rcond(grads, (num_tasks or 1) + 1)
-    num = tf.shape(grads)[0]
     cosines, norms = gramian_lib.normalized_gramian(grads)
-    wanted = gramian_lib.task_mask(mask, num)
+    wanted = gramian_lib.task_mask(mask, tf.shape(grads)[0])
     zero = wanted * tf.cast(norms <= 0, "float64")
-    active = wanted - zero
+    alpha = _affine_min_norm(cosines, norms, wanted - zero, rcond)
+    on_zero = tf.math.divide_no_nan(zero, tf.reduce_sum(zero))
+    alpha = tf.where(tf.reduce_sum(zero) > 0, on_zero, alpha)
+    return tf.cast(alpha, grads.dtype)
+
+
+def _affine_min_norm(cosines, norms, active, rcond):
+    """min ||sum_t alpha_t g_t|| s.t. sum alpha = 1 over `active` (float64)."""
+    num = tf.shape(cosines)[0]
     inv = tf.math.divide_no_nan(active, norms)
     r = tf.math.divide_no_nan(inv, tf.norm(inv))
     k = cosines * active[:, None] * active[None, :] + tf.linalg.diag(1.0 - active)
@@ -281,7 +357,4 @@ def mgda_closed_form_weights(grads, mask=None, rcond=None):
     rhs = tf.one_hot(num, num + 1, dtype="float64")
     solution = tf.linalg.matvec(gramian_lib.symmetric_pinv(kkt, rcond), rhs)
     alpha = solution[:num] * r
-    alpha = tf.math.divide_no_nan(alpha, tf.reduce_sum(alpha))
-    on_zero = tf.math.divide_no_nan(zero, tf.reduce_sum(zero))
-    alpha = tf.where(tf.reduce_sum(zero) > 0, on_zero, alpha)
-    return tf.cast(alpha, grads.dtype)
+    return tf.math.divide_no_nan(alpha, tf.reduce_sum(alpha))

@@ -1,0 +1,72 @@
+"""Step time of GradNorm (and uncertainty weighting) relative to equal weights."""
+
+import time
+
+import numpy as np
+
+
+def time_fit(model, data, steps):
+    """Seconds per train step of `model.fit` over `steps` steps (after warm-up)."""
+    start = time.perf_counter()
+    model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0)
+    return (time.perf_counter() - start) / steps
+
+
+def compare(make_model, balancers, data, steps, rounds=5, steps_per_execution=25):
+    """Median step time of each balancer, interleaved over rounds.
+
+    Args:
+        make_model: `() -> MultiTaskModel` (uncompiled), called once per balancer.
+        balancers: dict `{name: () -> balancer}`; the first is the baseline.
+        data: a repeating `tf.data.Dataset`.
+
+    Returns:
+        dict `{name: (seconds_per_step, ratio_to_first)}`.
+    """
+    import keras
+
+    models = {}
+    for name, make in balancers.items():
+        keras.utils.set_random_seed(0)
+        model = make_model()
+        model.compile(optimizer="adam", loss="mse", balancer=make(),
+                      steps_per_execution=steps_per_execution)
+        model.fit(data, epochs=1, steps_per_epoch=2 * steps_per_execution, verbose=0)
+        models[name] = model
+    times = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            times[name].append(time_fit(model, data, steps))
+    base = float(np.median(times[next(iter(times))]))
+    return {name: (float(np.median(t)), float(np.median(t)) / base)
+            for name, t in times.items()}
+
+
+def toy_data(num_tasks, batch=100):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch, 250)).astype("float32")
+    y = {f"task_{i}": rng.normal(size=(batch, 100)).astype("float32")
+         for i in range(num_tasks)}
+    return tf.data.Dataset.from_tensors((x, y)).repeat()
+
+
+def run(quick=False):
+    from keras_mtl import balancers
+    from keras_mtl.models.toy import toy_mlp
+    from keras_mtl.reports import markdown_table
+
+    steps = 50 if quick else 500
+    rows = []
+    for num_tasks in (2, 10):
+        result = compare(
+            lambda: toy_mlp(num_tasks),
+            {"equal": balancers.EqualWeights,
+             "uncertainty": balancers.UncertaintyWeighting,
+             "gradnorm": lambda: balancers.GradNorm(alpha=0.12)},
+            toy_data(num_tasks), steps, rounds=3 if quick else 5)
+        for name, (seconds, ratio) in result.items():
+            rows.append([num_tasks, name, f"{seconds * 1e3:.3f}", f"{ratio:.3f}"])
+    return markdown_table(
+        ["T", "balancer", "ms / step (this machine)", "ratio vs equal"], rows)
