@@ -3,12 +3,20 @@
 `MultiTaskModel.train_step` is one code path for one device,
 `MirroredStrategy` and `MultiWorkerMirroredStrategy`: per-task losses are
 un-scaled means that are all-reduced (MEAN) across replicas before any
-balancer reads them, gradient norms and gradient matrices likewise, the
-network loss is scaled by 1/R (the optimizer sums over replicas), and
+balancer reads them (`combine` is evaluated at the replica-mean losses, so
+non-linear combinations such as GLS get the global batch's derivatives),
+GradNorm's kernel gradients and the shared-parameter gradient matrix are
+all-reduced too, the feature-level matrix dL_t/dz (one column block per
+replica) is all-gathered so IMTL-G / MGDA / PCGrad weigh the global matrix,
+the network loss is scaled by 1/R (the optimizer sums over replicas), and
 balancer state, masks and counters are variables with
 `aggregation="only_first_replica"`, so every replica holds the same balancer
 state after every step. `tests/test_distribute.py` checks that one epoch on
-2 logical CPU devices ends with the same weights as one device.
+2 logical CPU devices ends with the same weights as one device, for every
+registered balancer and a roaming-mask model.
+
+Exact resume needs a data stream whose batch k depends on k only:
+`position_seeded_stream`.
 
 Two limits of the stack (Keras 3.15, TensorFlow 2.21), handled here:
 
@@ -128,6 +136,71 @@ def prepare(model, strategy=None):
     return model
 
 
+def in_current_scope(optimizer):
+    """A Keras optimizer usable under the current strategy.
+
+    Keras optimizers remember the strategy they were created under and
+    cannot build their variables under another one (gin creates
+    `@keras.optimizers.Adam()` before the launcher enters the strategy's
+    scope). An unbuilt optimizer from another strategy is re-created from
+    its config; anything else is returned unchanged.
+    """
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+        return optimizer
+    created_under = getattr(optimizer, "_distribution_strategy", None)
+    if (
+        created_under is None
+        or created_under is tf.distribute.get_strategy()
+        or optimizer.built
+    ):
+        return optimizer
+    return optimizer.__class__.from_config(optimizer.get_config())
+
+
+def position_seeded_stream(examples, batch_size, seed=0):
+    """An endless stream of batches where batch k depends on k only.
+
+    Pass p over the in-memory `examples` is a permutation drawn with the
+    stateless seed `(seed, p)`, batched with the remainder dropped. A
+    `shuffle(..., reshuffle_each_iteration=True)` pipeline instead draws each
+    pass's order from a generator shared by all iterators of the dataset,
+    and Keras' `fit` under a strategy opens (and discards, after prefetching)
+    one extra iterator, so the order a run reads depends on how far that
+    iterator read. With this stream, `stream.skip(n)` is exactly where a run
+    was after n steps: what `BackupAndRestore` needs for an exact resume.
+
+    Args:
+        examples: a nest of arrays / tensors with a common first dimension N
+            (e.g. `(x, {task: y})`).
+        batch_size: batch size (<= N).
+        seed: int seed.
+
+    Example:
+
+    >>> stream = keras_mtl.distribute.position_seeded_stream((x, y), 64, seed=0)
+    >>> model.fit(stream.skip(start_step), steps_per_epoch=100, epochs=10)
+    """
+    data = tf.nest.map_structure(tf.convert_to_tensor, examples)
+    size = int(tf.nest.flatten(data)[0].shape[0])
+    if not 0 < int(batch_size) <= size:
+        raise ValueError(
+            "Invalid value received for argument `batch_size`. Expected an int "
+            f"in [1, {size}] (the number of examples). Received: "
+            f"batch_size={batch_size}"
+        )
+
+    def one_pass(p):
+        key = tf.stack([tf.constant(seed, "int64"), p])
+        order = tf.argsort(tf.random.stateless_uniform([size], seed=key))
+        return tf.data.Dataset.from_tensor_slices(order).batch(
+            batch_size, drop_remainder=True)
+
+    def gather(index):
+        return tf.nest.map_structure(lambda t: tf.gather(t, index), data)
+
+    return tf.data.Dataset.range(2**62).flat_map(one_pass).map(gather)
+
+
 def _first_replica(strategy, value):
     return tf.nest.map_structure(
         lambda v: strategy.experimental_local_results(v)[0], value
@@ -169,9 +242,9 @@ def fit(model, dataset, strategy=None, epochs=1, steps_per_epoch=None,
     if not model.compiled:
         raise ValueError("`fit` needs a compiled model: call `model.compile` first.")
     prepare(model, strategy)
-    if not model.built:
-        model._build_from(dataset)
     with strategy.scope():
+        if not model.built:
+            model._build_from(dataset)
         if not model.optimizer.built:
             model.optimizer.build(model.network_variables())
     if steps_per_epoch is None:

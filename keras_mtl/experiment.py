@@ -51,6 +51,10 @@ def register_gin_externals():
         "CosineSimilarity",
     ):
         gin.external_configurable(getattr(keras.losses, name), module="keras.losses")
+    from keras_mtl import losses as mtl_losses
+
+    for cls in (mtl_losses.MaskedDepthLoss, mtl_losses.NormalCosineLoss):
+        gin.external_configurable(cls, module="keras_mtl.losses")
     seen = set()
     for cls in balancers.ALL_BALANCERS.values():
         if cls not in seen:
@@ -69,7 +73,12 @@ def register_gin_externals():
 @gin.configurable
 def toy_data(split="train", sigmas=(1.0, 100.0), train_size=10_000,
              test_size=2_000, batch_size=100, seed=0):
-    """One split ('train' or 'test') of the GradNorm toy problem, for gin."""
+    """One split ('train' or 'test') of the GradNorm toy problem, for gin.
+
+    The train split is an endless stream of batches, reshuffled every pass
+    with position-derived seeds (`keras_mtl.distribute.position_seeded_stream`),
+    so that resumed runs are exact; the test split is one ordered pass.
+    """
     if split not in ("train", "test"):
         raise ValueError(
             f"Invalid value received for argument `split`. Expected 'train' or "
@@ -77,9 +86,14 @@ def toy_data(split="train", sigmas=(1.0, 100.0), train_size=10_000,
         )
     train, test, _ = toy_data_module.toy_datasets(
         sigmas=sigmas, train_size=train_size, test_size=test_size,
-        batch_size=batch_size, seed=seed,
+        batch_size=batch_size, seed=seed, shuffle=False,
     )
-    return train if split == "train" else test
+    if split == "test":
+        return test
+    # Reshuffled every pass, batch k a function of k alone: a run resumed by
+    # BackupAndRestore reads exactly the batches an uninterrupted one reads.
+    examples = next(iter(train.unbatch().batch(train_size)))
+    return mtl_distribute.position_seeded_stream(examples, batch_size, seed=seed)
 
 
 @gin.configurable
@@ -190,8 +204,8 @@ def train(
                 f"{type(net).__name__}"
             )
         net.compile(
-            optimizer=_materialize(optimizer) if optimizer is not None
-            else keras.optimizers.Adam(),
+            optimizer=mtl_distribute.in_current_scope(_materialize(optimizer))
+            if optimizer is not None else keras.optimizers.Adam(),
             loss=loss,
             metrics=metrics,
             balancer=_materialize(balancer),

@@ -25,6 +25,14 @@ def _replica_mean(x):
     return ctx.all_reduce(tf.distribute.ReduceOp.MEAN, x)
 
 
+def _global_value(x):
+    """Replica mean of x in the forward pass, x's own gradient in the backward pass."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return x
+    return x + tf.stop_gradient(_replica_mean(x) - x)
+
+
 def _gather_columns(matrix):
     """Concatenates every replica's (T, n_r) matrix along axis 1.
 
@@ -297,6 +305,10 @@ class MultiTaskModel(keras.Model):
                 `"skip"` warns and continues.
             jit_compile: compile the train step with XLA. Defaults to
                 `False` (XLA was slower than graph mode for conv nets on CPU).
+                Under a strategy with more than one replica, `True` falls
+                back to graph mode with one warning (XLA compilation of the
+                distributed step fails on this stack; see
+                `keras_mtl.distribute.resolve_jit_compile`).
         """
         if kwargs.get("loss_weights") is not None:
             raise ValueError(
@@ -615,7 +627,11 @@ class MultiTaskModel(keras.Model):
             losses_local = tf.stack(loss_list)
             if inner is not None:
                 inner.__exit__(None, None, None)
-            combined = bal.combine(losses_local, present_local)
+            # combine() sees the replica-mean losses (its value and its
+            # derivatives dL/dL_t are those of the global batch, also for
+            # non-linear combinations such as GLS) while the gradient flows
+            # through this replica's own losses.
+            combined = bal.combine(_global_value(losses_local), present_local)
             if self.discriminator is not None:
                 d_loss, d_acc = self._discriminator_loss(
                     inner, z, loss_list, idx, task_ids
@@ -789,7 +805,7 @@ class MultiTaskModel(keras.Model):
             direction = bal.aggregate(matrix, losses, present) / replicas
             shared_grads, offset = [], 0
             for v in shared:
-                n = int(tf.size(v))
+                n = int(np.prod(v.shape))  # static: tf.size is symbolic on replicas
                 shared_grads.append(tf.reshape(direction[offset:offset + n], v.shape))
                 offset += n
         if self.losses:
@@ -893,7 +909,10 @@ class MultiTaskModel(keras.Model):
     # ------------------------------------------------------------------
     def fit(self, x=None, *args, callbacks=None, **kwargs):
         if not self.built:
-            self._build_from(x)
+            # Under the strategy the model was made in: its weights are
+            # created here.
+            with self.distribute_strategy.scope():
+                self._build_from(x)
         callbacks = list(callbacks or [])
         callbacks.append(NonFiniteGuard())
         return super().fit(x, *args, callbacks=callbacks, **kwargs)
@@ -948,6 +967,21 @@ class MultiTaskModel(keras.Model):
                 f"model '{self.name}': " + "; ".join(problems) + ". Build and "
                 "compile the model as it was when the checkpoint was saved."
             )
+
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        children = super()._trackable_children(save_type, **kwargs)
+        if save_type == "checkpoint":
+            # Keras 3 does not give TensorFlow dependencies on layers held in
+            # lists or dicts (the heads, TaskSequential's layers), so a
+            # tf.train.Checkpoint would miss their non-trainable state (masks,
+            # roaming plans, BN statistics) and restore their weights only
+            # through the optimizer. Every variable is listed here by its
+            # position, dtype and shape, the same for the same architecture
+            # (another architecture is reported by the signature check).
+            for i, v in enumerate(self.variables):
+                shape = "x".join(str(d) for d in v.shape)
+                children[f"variables_by_position/{i}_{v.dtype}_{shape}"] = v
+        return children
 
     def save_own_variables(self, store):
         super().save_own_variables(store)

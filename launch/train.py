@@ -36,8 +36,14 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from keras_mtl import experiment  # imports TensorFlow; keep --help fast
+    from keras_mtl import distribute  # imports TensorFlow; keep --help fast
+    from keras_mtl import experiment
 
+    kwargs = {}
+    if FLAGS.distribution_strategy is not None:
+        # First: MultiWorkerMirroredStrategy must exist before TensorFlow
+        # runs anything (gin creates optimizers when train() is called).
+        kwargs["strategy"] = distribute.get_strategy(FLAGS.distribution_strategy)
     experiment.register_gin_externals()
     import keras_mtl.data  # noqa: F401 (registers the dataset readers)
     import keras_mtl.models  # noqa: F401 (registers the model factories)
@@ -46,9 +52,6 @@ def main(argv):
     if FLAGS.steps is not None:
         bindings.append(f"train.steps = {FLAGS.steps}")
     gin.parse_config_files_and_bindings(FLAGS.gin_file, bindings)
-    kwargs = {}
-    if FLAGS.distribution_strategy is not None:
-        kwargs["strategy"] = FLAGS.distribution_strategy
     result = experiment.train(FLAGS.model_dir, **kwargs)
     print(f"Run written to {FLAGS.model_dir}: {result['metrics']}")
 

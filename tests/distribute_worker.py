@@ -77,10 +77,14 @@ def _masked(num_tasks=2):
     return keras_mtl.MultiTaskModel(encoder, heads, name="masked")
 
 
+# Constructor arguments of registered balancers that need some.
+_ARGS = {"static": {"weights": [0.3, 0.7]}, "rlw": {"seed": 0}, "pcgrad": {"seed": 0}}
+
+
 def _balancer(name):
     from keras_mtl import balancers
 
-    return {
+    make = {
         "equal": lambda: balancers.EqualWeights(),
         "gradnorm": lambda: balancers.GradNorm(alpha=1.5),
         "imtl": lambda: balancers.IMTL(),
@@ -88,7 +92,8 @@ def _balancer(name):
         "uncertainty": lambda: balancers.UncertaintyWeighting(),
         "dwa": lambda: balancers.DWA(),
         "masked": lambda: balancers.EqualWeights(),
-    }[name]()
+    }.get(name) or (lambda: balancers.ALL_BALANCERS[name](**_ARGS.get(name, {})))
+    return make()
 
 
 def build(case, strategy=None, jit_compile=False):
@@ -161,7 +166,7 @@ def mirrored(cases):
         data = _toy_data()
         single = build(case)
         changed_from = state(single)
-        single.fit(data, epochs=1, verbose=0, callbacks=_callbacks(case))
+        h_single = single.fit(data, epochs=1, verbose=0, callbacks=_callbacks(case))
         s_single = state(single)
         mirrored_model = build(case, strategy)
         h = mirrored_model.fit(data, epochs=1, verbose=0, callbacks=_callbacks(case))
@@ -176,7 +181,13 @@ def mirrored(cases):
             float(np.max(np.abs(s_single[k] - changed_from[k]))) for k in s_single
             if s_single[k].size and s_single[k].dtype.kind == "f"
         )
-        entry["history_loss"] = [float(v) for v in h.history["loss"]]
+        # Per-task metrics of fit and evaluate: (single, mirrored) pairs.
+        entry["fit_logs"] = {k: [float(h_single.history[k][-1]), float(h.history[k][-1])]
+                             for k in h_single.history}
+        e_single = single.evaluate(data, verbose=0, return_dict=True)
+        e_mirrored = mirrored_model.evaluate(data, verbose=0, return_dict=True)
+        entry["eval_logs"] = {k: [float(e_single[k]), float(e_mirrored[k])]
+                              for k in e_single}
         # Per-replica copies of every mirrored variable must agree.
         spread = 0.0
         for v in mirrored_model.variables:

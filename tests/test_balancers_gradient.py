@@ -218,7 +218,11 @@ def _check_training(name, before, after):
         assert np.all(ratios < 0.6), (name, before, after)
 
 
-@pytest.mark.parametrize("name", sorted(BALANCERS))
+# Every balancer and mode; the exact MGDA trains under XLA below instead.
+GRAPH_FITS = sorted(set(BALANCERS) - {"mgda_shared"})
+
+
+@pytest.mark.parametrize("name", GRAPH_FITS)
 def test_fit_reduces_every_task_loss(name, tmp_path):
     model, before, after, history = _fit(name, jit_compile=False, epochs=EPOCHS)
     _check_training(name, before, after)

@@ -60,6 +60,11 @@ def test_mirrored_epoch_equals_single_device(mirrored, case):
     assert r["iterations"] == [4, 4]
     assert r["replica_spread"] == 0.0  # every replica holds the same values
     assert r["moved"] > 1e-3  # training happened: the comparison is not vacuous
+    # Per-task losses and weights reported by fit and evaluate agree.
+    for logs in (r["fit_logs"], r["eval_logs"]):
+        assert {"loss", "task_0_loss", "task_1_loss", "task_0_weight"} <= set(logs)
+        for name, (one, two) in logs.items():
+            assert two == pytest.approx(one, rel=TOL), name
     if case == "gradnorm":
         assert abs(r["weights_single"][0] - 1.0) > 1e-2  # weights moved
         assert sum(r["weights_single"]) == pytest.approx(2.0, rel=1e-5)
@@ -140,3 +145,78 @@ def test_get_strategy_names_and_errors():
         distribute.get_strategy("tpu")
     # One replica: jit_compile is left alone.
     assert distribute.resolve_jit_compile(True) is True
+
+
+_LAUNCH_GIN = """
+include '{root}/gin/toy_gradnorm_t2.gin'
+train.steps = 6
+train.steps_per_epoch = 3
+train.eval_data = None
+toy_data.train_size = 256
+toy_data.batch_size = 32
+toy_mlp.width = 16
+toy_mlp.depth = 2
+"""
+
+
+@pytest.mark.slow
+def test_launcher_multi_worker_flag_matches_one_device_run(tmp_path):
+    """`launch.train --distribution_strategy=multi_worker` on 2 local workers."""
+    import keras
+
+    import keras_mtl  # noqa: F401 (registers the classes of the .keras files)
+
+    root = os.path.dirname(HERE)
+    gin_file = tmp_path / "run.gin"
+    gin_file.write_text(_LAUNCH_GIN.format(root=root))
+    cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in range(2)]}
+    base = [sys.executable, "-m", "launch.train", f"--gin_file={gin_file}"]
+    procs = []
+    try:
+        for i in range(2):
+            env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(
+                {"cluster": cluster, "task": {"type": "worker", "index": i}}))
+            procs.append(subprocess.Popen(
+                base + [f"--model_dir={tmp_path / 'mw'}",
+                        "--distribution_strategy=multi_worker"],
+                cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                text=True))
+        procs.append(subprocess.Popen(
+            base + [f"--model_dir={tmp_path / 'one'}", "--distribution_strategy=one_device"],
+            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        errors = [p.communicate(timeout=300)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGKILL)
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0, 0], "\n".join(e[-1500:] for e in errors)
+    assert (tmp_path / "mw" / "worker_1").is_dir()  # the non-chief writes beside
+    a = keras.saving.load_model(tmp_path / "mw" / "model.keras")
+    b = keras.saving.load_model(tmp_path / "one" / "model.keras")
+    assert int(a.optimizer.iterations.numpy()) == 6
+    for x, y in zip(a.variables + a.optimizer.variables, b.variables + b.optimizer.variables):
+        np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=TOL, atol=TOL)
+
+
+def _registered_balancers():
+    from keras_mtl import balancers
+
+    seen, names = set(), []
+    for name, cls in balancers.ALL_BALANCERS.items():
+        if cls not in seen:
+            seen.add(cls)
+            names.append(name)
+    return names
+
+
+@pytest.mark.slow
+def test_every_registered_balancer_mirrored_equals_single_device():
+    """New balancers inherit this check by registering in ALL_BALANCERS."""
+    names = _registered_balancers() + ["imtl_shared"]
+    out = _run(["mirrored", "--cases", ",".join(names)], timeout=600)
+    results = json.loads(out.strip().splitlines()[-1])
+    bad = {n: results[n].get("error") or results[n]["max_diff"] for n in names
+           if "error" in results[n] or results[n]["max_diff"] >= TOL
+           or results[n]["replica_spread"] != 0.0}
+    assert not bad, bad

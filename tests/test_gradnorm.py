@@ -255,3 +255,21 @@ def test_gradnorm_beats_equal_weights_on_the_t2_toy_problem():
     # ...and beats equal weights, under which task 1 suppresses task 0.
     assert gradnorm.sum() < equal.sum() - 0.15
     assert gradnorm[0] < equal[0]
+
+
+def test_initial_losses_are_taken_once_not_every_epoch(toy_t2):
+    """L_i(0) is the first labelled step's loss, kept across epochs and fits."""
+    train, _, _ = toy_t2
+    first = {}
+
+    class FirstBatch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if not first:
+                first.update({k: float(v) for k, v in logs.items()})
+
+    model = toy_mlp(2)
+    model.compile(optimizer="adam", loss="mse", balancer=mtl.balancers.GradNorm(alpha=0.12))
+    model.fit(train, epochs=3, verbose=0, callbacks=[FirstBatch()])
+    model.fit(train, epochs=1, verbose=0)
+    np.testing.assert_allclose(model.balancer.initial_loss_values.numpy(),
+                               [first["task_0_loss"], first["task_1_loss"]], rtol=1e-5)

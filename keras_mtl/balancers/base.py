@@ -75,6 +75,11 @@ class Balancer(keras.layers.Layer):
             )
         self.task_names = task_names
         self.num_tasks = len(task_names)
+        # An optimizer made outside the strategy's scope (e.g. by gin) is
+        # re-created here, inside it.
+        from keras_mtl.distribute import in_current_scope
+
+        self._optimizer_config = in_current_scope(self._optimizer_config)
         self.build_state(self.num_tasks)
         if self.learned_variables:
             self.optimizer = keras.optimizers.get(
