@@ -246,7 +246,7 @@ def fit(model, dataset, strategy=None, epochs=1, steps_per_epoch=None,
         if not model.built:
             model._build_from(dataset)
         if not model.optimizer.built:
-            model.optimizer.build(model.network_variables())
+            model._build_optimizers()
     if steps_per_epoch is None:
         cardinality = int(dataset.cardinality())
         if cardinality < 0:

@@ -125,6 +125,7 @@ def train(
     steps_per_epoch=100,
     eval_every=None,
     callbacks=(),
+    learning_rate_multipliers=None,
     seed=0,
     jit_compile=False,
     strategy=None,
@@ -157,6 +158,8 @@ def train(
         eval_every: steps between task-normalised evaluations; defaults to
             `steps_per_epoch`.
         callbacks: extra Keras callbacks (instances or factories).
+        learning_rate_multipliers: per-group learning-rate factors, passed to
+            `MultiTaskModel.compile` (e.g. `{"task_specific": T}`).
         seed: seeds Python, numpy and TensorFlow (`keras.utils.set_random_seed`).
         jit_compile: XLA-compile the train step.
         strategy: optional `tf.distribute.Strategy` to build and train
@@ -210,6 +213,7 @@ def train(
             metrics=metrics,
             balancer=_materialize(balancer),
             jit_compile=jit_compile,
+            learning_rate_multipliers=learning_rate_multipliers,
         )
     steps_per_epoch = min(int(steps_per_epoch), int(steps))
     epochs = int(math.ceil(int(steps) / steps_per_epoch))

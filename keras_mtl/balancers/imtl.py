@@ -146,8 +146,9 @@ class IMTL(GradientBalancer):
     Section 3.3 / Algorithm 1 of the paper: task-specific parameters and the
     learned scales `s_t` train on `sum_t (e^{s_t} L_t - s_t)`; the shared
     parameters get `sum_t alpha_t grad(e^{s_t} L_t)` with `alpha` from IMTL-G
-    on the gradients of the scaled losses. The reported task weight is the
-    effective weight on the raw loss, `alpha_t e^{s_t}`.
+    on the gradients of the scaled losses, `e^{s_t} g_t` (the train step
+    differentiates the raw losses; the rows are rescaled here). The reported
+    task weight is the effective weight on the raw loss, `alpha_t e^{s_t}`.
 
     Args:
         mode: `"features"` (default, gradients at the shared representation)
@@ -180,12 +181,13 @@ class IMTL(GradientBalancer):
         scaled = ops.imtl_l_loss(losses, tf.convert_to_tensor(self.log_scales))
         return tf.reduce_sum(scaled * present)
 
-    def gradient_losses(self, losses):
-        # The -s_t terms are constant w.r.t. z and the shared parameters.
-        return self._scales() * losses
-
     def gradient_weights(self, grads, losses, present):
-        return ops.imtl_g_weights(grads, mask=present)
-
-    def reported_weights(self, weights):
-        return tf.cast(weights, "float32") * self._scales()
+        # The rows of the scaled losses are grad(e^{s_t} L_t) = e^{s_t} g_t
+        # (s is a constant for z and the shared parameters; the -s_t terms
+        # vanish), so G is rescaled here rather than differentiating the
+        # scaled losses: the same numbers, without making the train step
+        # differentiate through the scales. The returned weights apply to the
+        # raw rows: alpha_t e^{s_t}, which is also what is reported.
+        scales = tf.cast(self._scales(), grads.dtype)
+        alpha = ops.imtl_g_weights(grads * scales[:, None], mask=present)
+        return alpha * scales
