@@ -97,7 +97,7 @@ def main(argv):
         "the same path as `python -m launch.train`; run directories hold the "
         "operative config, histories, w_i(t) per step and checkpoints.",
         "",
-        *sections,
+        "\n\n".join(sections),
         "",
     ])
     path = os.path.join(FLAGS.out_dir, "report.md")
