@@ -739,8 +739,11 @@ class MultiTaskModel(keras.Model):
         needs = bal.requires
         learned = bal.learned_variables
         forward_tasks = active or None
+        # Loss-only balancers take one gradient: a non-persistent tape frees
+        # the forward activations as soon as it is used.
+        persistent = needs != balancer_base.LOSSES or self.discriminator is not None
 
-        with tf.GradientTape(persistent=True) as tape:
+        with tf.GradientTape(persistent=persistent) as tape:
             z, task_ids, idx = self.encode(x, training=True, tasks=forward_tasks)
             inner = None
             if self.discriminator is not None:
