@@ -55,11 +55,10 @@ def register_gin_externals():
 
     for cls in (mtl_losses.MaskedDepthLoss, mtl_losses.NormalCosineLoss):
         gin.external_configurable(cls, module="keras_mtl.losses")
-    seen = set()
-    for cls in balancers.ALL_BALANCERS.values():
-        if cls not in seen:
-            seen.add(cls)
-            gin.external_configurable(cls, module="keras_mtl.balancers")
+    for name in balancers.distinct_names():
+        gin.external_configurable(
+            balancers.ALL_BALANCERS[name], module="keras_mtl.balancers"
+        )
     for name in dir(mtl_callbacks):
         obj = getattr(mtl_callbacks, name)
         if isinstance(obj, type) and issubclass(obj, keras.callbacks.Callback):

@@ -23,11 +23,20 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_mtl import balancers
 from keras_mtl import distribute
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "distribute_worker.py")
 TOL = 1e-5
+
+
+def _kill_all(procs):
+    """Ends every still-running process of a test by its PID."""
+    for p in procs:
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait()
 
 
 def _run(args, timeout, env=None):
@@ -105,10 +114,7 @@ def test_multi_worker_two_processes_match_single_process(tmp_path):
         distribute_worker.single("gradnorm", str(tmp_path / "single.npz"))
         errors = [p.communicate(timeout=90)[1] for p in procs]
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.kill(p.pid, signal.SIGKILL)
-                p.wait()
+        _kill_all(procs)
     assert [p.returncode for p in procs] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
     cluster_state = np.load(tmp_path / "worker_0.npz")
     single_state = np.load(tmp_path / "single.npz")
@@ -163,7 +169,6 @@ toy_mlp.depth = 2
 def test_launcher_multi_worker_flag_matches_one_device_run(tmp_path):
     """`launch.train --distribution_strategy=multi_worker` on 2 local workers."""
     import keras
-
     import keras_mtl  # noqa: F401 (registers the classes of the .keras files)
 
     root = os.path.dirname(HERE)
@@ -186,10 +191,7 @@ def test_launcher_multi_worker_flag_matches_one_device_run(tmp_path):
             cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
         errors = [p.communicate(timeout=300)[1] for p in procs]
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.kill(p.pid, signal.SIGKILL)
-                p.wait()
+        _kill_all(procs)
     assert [p.returncode for p in procs] == [0, 0, 0], "\n".join(e[-1500:] for e in errors)
     assert (tmp_path / "mw" / "worker_1").is_dir()  # the non-chief writes beside
     a = keras.saving.load_model(tmp_path / "mw" / "model.keras")
@@ -199,21 +201,10 @@ def test_launcher_multi_worker_flag_matches_one_device_run(tmp_path):
         np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=TOL, atol=TOL)
 
 
-def _registered_balancers():
-    from keras_mtl import balancers
-
-    seen, names = set(), []
-    for name, cls in balancers.ALL_BALANCERS.items():
-        if cls not in seen:
-            seen.add(cls)
-            names.append(name)
-    return names
-
-
 @pytest.mark.slow
 def test_every_registered_balancer_mirrored_equals_single_device():
     """New balancers inherit this check by registering in ALL_BALANCERS."""
-    names = _registered_balancers() + ["imtl_shared"]
+    names = balancers.distinct_names() + ["imtl_shared"]
     out = _run(["mirrored", "--cases", ",".join(names)], timeout=600)
     results = json.loads(out.strip().splitlines()[-1])
     bad = {n: results[n].get("error") or results[n]["max_diff"] for n in names

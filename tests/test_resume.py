@@ -132,15 +132,6 @@ def test_sigkill_mid_epoch_then_restart_equals_uninterrupted_run(tmp_path):
 _ARGS = {"static": {"weights": [0.3, 0.7]}, "rlw": {"seed": 0}, "pcgrad": {"seed": 0}}
 
 
-def _balancer_names():
-    seen, names = set(), []
-    for name, cls in balancers.ALL_BALANCERS.items():
-        if cls not in seen:
-            seen.add(cls)
-            names.append(name)
-    return names
-
-
 def _make_balancer(name):
     cls = balancers.ALL_BALANCERS[name]
     return cls(**_ARGS.get(name, {}))
@@ -160,7 +151,7 @@ def _toy(name):
     return model
 
 
-@pytest.mark.parametrize("name", _balancer_names())
+@pytest.mark.parametrize("name", balancers.distinct_names())
 def test_keras_file_and_tf_checkpoint_keep_all_state(name, tmp_path):
     x, y = _data()
     model = _toy(name)

@@ -47,6 +47,16 @@ ALL_BALANCERS = {
 }
 
 
+def distinct_names():
+    """The first registered name of each balancer class, in registry order."""
+    names, classes = [], set()
+    for name, cls in ALL_BALANCERS.items():
+        if cls not in classes:
+            classes.add(cls)
+            names.append(name)
+    return names
+
+
 def serialize(balancer):
     return keras.saving.serialize_keras_object(balancer)
 

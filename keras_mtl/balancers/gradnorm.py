@@ -140,13 +140,7 @@ class GradNorm(Balancer):
 
     def build_state(self, num_tasks):
         given = self._per_task(self.initial_losses, None, "initial_losses")
-        powers = self._per_task(
-            self.loss_ratio_transform
-            if isinstance(self.loss_ratio_transform, dict)
-            else [self.loss_ratio_transform] * num_tasks,
-            None,
-            "loss_ratio_transform",
-        )
+        powers = self._per_task(self.loss_ratio_transform, None, "loss_ratio_transform")
         self._powers = tf.constant([_ratio_power(p) for p in powers], "float32")
         self.task_weight_values = self.add_state(
             "task_weights", (num_tasks,), initializer="ones"
