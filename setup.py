@@ -10,7 +10,18 @@ setup(
     ),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["keras_mtl", "keras_mtl.*", "launch"]),
+    packages=find_packages(include=["keras_mtl", "keras_mtl.*", "launch", "launch.*"])
+    + ["keras_mtl.gin"],
+    # The experiment configs: the checkout's top-level gin/ folder ships as
+    # keras_mtl/gin/ (found by keras_mtl.configs from any working directory).
+    package_dir={"keras_mtl.gin": "gin"},
+    package_data={"keras_mtl.gin": ["*.gin"]},
+    entry_points={
+        "console_scripts": [
+            f"keras-mtl-{name}=launch.cli:{name}"
+            for name in ("train", "evaluate", "export", "benchmark", "demo", "compare")
+        ],
+    },
     python_requires=">=3.10",
     install_requires=[
         "keras>=3.3",
@@ -21,7 +32,7 @@ setup(
         "numpy>=1.24",
         "matplotlib>=3.7",
         "tensorboard>=2.16",
-        "importlib_resources>=5.0",
+        "scikit-learn>=1.2",
     ],
     # TensorFlow comes as an extra so that a GPU user's `tensorflow[and-cuda]`
     # is not shadowed by a second, CPU-only distribution: pick one.

@@ -8,10 +8,10 @@ here with `gin.external_configurable`, so configs write
 `@keras.optimizers.Adam()` or `@GradNorm()`.
 """
 
-import csv
 import json
 import math
 import os
+import warnings
 
 import gin
 import keras
@@ -129,16 +129,28 @@ def train(
     jit_compile=False,
     strategy=None,
     deterministic=False,
-    verbose=0,
+    verbose=1,
+    validate_every=1,
+    keep_checkpoints=3,
+    best_checkpoint_monitor=None,
+    best_checkpoint_mode="min",
+    summary_every=10,
 ):
     """Trains a MultiTaskModel and writes everything a run needs to be reproduced.
 
-    Writes into `model_dir`: `operative_config.gin`, `history.csv` (per-epoch
-    logs: per-task losses and weights), `task_weights.csv` (w_i(t) every
-    step), `task_normalized_loss.csv` (sum_i L_i/L_i(0) on `eval_data`, when
-    given), `checkpoints/` (`.keras` after every epoch), `backup/`
-    (`BackupAndRestore`: a killed run resumes from its last epoch),
-    `tensorboard/`, `model.keras` and `metrics.json`.
+    Writes into `model_dir` (see the README's "run directory"):
+    `operative_config.gin` (before the first step, again at the end),
+    `history.csv` (per-epoch logs: `loss`, per-task losses and weights, task
+    metrics, `normalized_loss`, and `val_*` for validated epochs),
+    `task_weights.csv` (w_i(t) every step), `task_normalized_loss.csv`
+    (sum_i L_i/L_i(0) on `eval_data` every `eval_every` steps, when given),
+    `normalized_loss_reference.json` (the L_t(0) of `normalized_loss`),
+    `checkpoints/` (the last `keep_checkpoints` epoch `.keras` files, and
+    `best.keras` with `best_checkpoint_monitor`), `tensorboard/`,
+    `model.keras` and `metrics.json`; while it runs, `backup/`
+    (`BackupAndRestore`, removed when training ends). A run killed and
+    restarted with the same configuration resumes from its last epoch, and
+    its records equal an uninterrupted run's.
 
     Args:
         model_dir: output directory (created).
@@ -170,7 +182,21 @@ def train(
         deterministic: enable TensorFlow's deterministic ops, so that a run
             killed and resumed by `BackupAndRestore` ends with the same
             weights as an uninterrupted one.
-        verbose: Keras fit verbosity.
+        verbose: `0` silent, `1` one line per epoch (losses, task weights,
+            validation; `keras_mtl.callbacks.ProgressLogger`), `2` also Keras'
+            progress bar within epochs. Defaults to `1`.
+        validate_every: validate on `eval_data` every this many epochs
+            (`val_*` logs, TensorBoard validation scalars); `None` or `0`
+            never. Defaults to `1`. An epoch is `steps_per_epoch` steps, so
+            that sets the validation interval in steps.
+        keep_checkpoints: epoch `.keras` files kept in `checkpoints/` (the
+            most recent); `None` keeps all. Defaults to `3`.
+        best_checkpoint_monitor: optional log key (e.g.
+            `"val_normalized_loss"`): also keep `checkpoints/best.keras`, the
+            best epoch by it.
+        best_checkpoint_mode: `"min"` or `"max"` for the monitor.
+        summary_every: steps between task-weight summaries in TensorBoard.
+            Defaults to `10`.
 
     Returns:
         dict with the `model`, the Keras `history`, the `balancer_history`,
@@ -219,27 +245,49 @@ def train(
     weight_history = mtl_callbacks.BalancerHistory(
         csv_path=os.path.join(model_dir, "task_weights.csv")
     )
-    cbs = [weight_history]
+    # Order matters at epoch ends: the monitor quantity first, then user
+    # callbacks (EarlyStopping may monitor it), the records, and the backup
+    # last, so that a backed-up epoch always has its records written. The
+    # callbacks read the restored state lazily (at the first epoch), after
+    # BackupAndRestore's `on_train_begin`, whatever their place.
+    cbs = [
+        mtl_callbacks.NormalizedLoss(
+            state_path=os.path.join(model_dir, "normalized_loss_reference.json")),
+        weight_history,
+    ]
     normalized = None
     if eval_data is not None:
         normalized = mtl_callbacks.TaskNormalizedLoss(
-            eval_data, every=int(eval_every or steps_per_epoch)
+            eval_data, every=int(eval_every or steps_per_epoch),
+            csv_path=os.path.join(model_dir, "task_normalized_loss.csv"),
         )
         cbs.append(normalized)
-    os.makedirs(os.path.join(model_dir, "checkpoints"), exist_ok=True)
-    backup_dir = os.path.join(model_dir, "backup")
-    cbs += [
-        keras.callbacks.BackupAndRestore(backup_dir),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(model_dir, "checkpoints", "epoch_{epoch:04d}.keras")
-        ),
-        keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard")),
-    ]
+    tensorboard_dir = os.path.join(model_dir, "tensorboard")
+    cbs.append(mtl_callbacks.TaskWeightSummaries(tensorboard_dir, every=summary_every))
     cbs += [_materialize(c) for c in callbacks]
+    cbs += [
+        mtl_callbacks.RotatingCheckpoint(
+            os.path.join(model_dir, "checkpoints"), keep=keep_checkpoints,
+            monitor=best_checkpoint_monitor, mode=best_checkpoint_mode),
+        mtl_callbacks.CSVHistory(os.path.join(model_dir, "history.csv")),
+        keras.callbacks.TensorBoard(tensorboard_dir),
+    ]
+    if int(verbose) >= 1:
+        cbs.append(mtl_callbacks.ProgressLogger())
+    backup_dir = os.path.join(model_dir, "backup")
+    cbs.append(keras.callbacks.BackupAndRestore(backup_dir))
+    validate = eval_data is not None and bool(validate_every)
+    _write_operative_config(model_dir)
     if multi_worker:
+        if validate:
+            warnings.warn(
+                "Validation during training is not available under "
+                "multi_worker (keras_mtl.distribute.fit takes no validation "
+                "data): `eval_data` is evaluated after training only.",
+                UserWarning, stacklevel=2)
         history = mtl_distribute.fit(
             net, train_data.repeat(), strategy=strategy, epochs=epochs,
-            steps_per_epoch=steps_per_epoch, callbacks=cbs, verbose=verbose,
+            steps_per_epoch=steps_per_epoch, callbacks=cbs, verbose=0,
         )
     else:
         # BackupAndRestore resumes at the start of the epoch after its last
@@ -250,15 +298,12 @@ def train(
             epochs=epochs,
             steps_per_epoch=steps_per_epoch,
             callbacks=cbs,
-            verbose=verbose,
+            verbose=1 if int(verbose) >= 2 else 0,
+            # A dataset is never shuffled by fit; the default True only warns.
+            shuffle=False,
+            validation_data=eval_data if validate else None,
+            validation_freq=int(validate_every) if validate else 1,
         )
-    _write_history_csv(os.path.join(model_dir, "history.csv"), history.history)
-    if normalized is not None:
-        with open(os.path.join(model_dir, "task_normalized_loss.csv"), "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["step", "task_normalized_loss"] + net.task_names)
-            for step, v, per in zip(normalized.steps, normalized.values, normalized.per_task):
-                writer.writerow([step, f"{v:.6g}"] + [f"{p:.6g}" for p in per])
     final = {}
     if eval_data is not None:
         final = {k: float(v) for k, v in net.evaluate(
@@ -267,8 +312,7 @@ def train(
     net.save(os.path.join(model_dir, "model.keras"))
     with open(os.path.join(model_dir, "metrics.json"), "w") as f:
         json.dump(final, f, indent=2, sort_keys=True)
-    with open(os.path.join(model_dir, "operative_config.gin"), "w") as f:
-        f.write(gin.operative_config_str())
+    _write_operative_config(model_dir)
     return {
         "model": net,
         "history": history,
@@ -287,13 +331,9 @@ def _backup_epoch(backup_dir):
         return int(json.load(f).get("epoch", 0))
 
 
-def _write_history_csv(path, history):
-    keys = sorted(history)
-    n = max((len(v) for v in history.values()), default=0)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["epoch"] + keys)
-        for i in range(n):
-            writer.writerow([i + 1] + [
-                f"{history[k][i]:.6g}" if i < len(history[k]) else "" for k in keys
-            ])
+def _write_operative_config(model_dir):
+    """Writes gin's operative config (what the run has used so far)."""
+    path = os.path.join(model_dir, "operative_config.gin")
+    with open(f"{path}.tmp", "w") as f:
+        f.write(gin.operative_config_str())
+    os.replace(f"{path}.tmp", path)

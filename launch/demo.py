@@ -30,14 +30,14 @@ METHODS = (
 def run_problem(num_tasks, out_dir, steps):
     import gin
 
+    from keras_mtl import configs
     from keras_mtl import experiment
 
     runs, rows = {}, []
     for method, gin_file in METHODS:
         gin.clear_config()
         experiment.register_gin_externals()
-        gin.parse_config_files_and_bindings(
-            [gin_file.format(T=num_tasks)], [f"train.steps = {steps}"])
+        configs.parse([gin_file.format(T=num_tasks)], [f"train.steps = {steps}"])
         name = method.split(" ")[0].lower()
         model_dir = os.path.join(out_dir, f"t{num_tasks}_{name}")
         start = time.time()

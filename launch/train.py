@@ -9,9 +9,14 @@ and trains with the custom loop `keras_mtl.distribute.fit`). A killed run
 restarted with the same flags resumes from its last epoch
 (`keras.callbacks.BackupAndRestore` in `<model_dir>/backup`).
 
-Run length and output directory are flags; everything about the model, data
-and method is in gin (see keras_mtl/experiment.py for what `train` binds).
-The operative config is written to `<model_dir>/operative_config.gin`.
+Run length, output directory, verbosity and checkpoint retention are flags;
+everything about the model, data and method is in gin (see
+keras_mtl/experiment.py for what `train` binds). Progress is one line per
+epoch (`--verbose=0` silences it, `--verbose=2` adds Keras' progress bar);
+with evaluation data in the config, every epoch is validated. The operative
+config is written to `<model_dir>/operative_config.gin` before the first
+step. `<model_dir>/checkpoints` keeps the last 3 epochs (`--keep_checkpoints`)
+and, with `--best_checkpoint_monitor=val_normalized_loss`, the best one.
 """
 
 from absl import app
@@ -22,6 +27,20 @@ flags.DEFINE_multi_string("gin_file", [], "Gin config files, applied in order.")
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings overriding the files.")
 flags.DEFINE_string("model_dir", None, "Output directory of the run.")
 flags.DEFINE_integer("steps", None, "Overrides train.steps when given.")
+flags.DEFINE_integer(
+    "verbose", None,
+    "Overrides train.verbose (default 1): 0 silent, 1 one line per epoch "
+    "(loss, per-task losses and weights, normalized_loss, val_*), 2 also "
+    "Keras' progress bar within epochs.")
+flags.DEFINE_integer(
+    "keep_checkpoints", None,
+    "Overrides train.keep_checkpoints (default 3): epoch .keras files kept "
+    "in <model_dir>/checkpoints; -1 keeps all.")
+flags.DEFINE_string(
+    "best_checkpoint_monitor", None,
+    "Overrides train.best_checkpoint_monitor: a log key (e.g. "
+    "val_normalized_loss, lower is better) by which "
+    "<model_dir>/checkpoints/best.keras is kept.")
 flags.DEFINE_enum(
     "distribution_strategy", None,
     ["one_device", "mirrored", "multi_worker", "tpu"],
@@ -51,7 +70,16 @@ def main(argv):
     bindings = list(FLAGS.gin_bindings)
     if FLAGS.steps is not None:
         bindings.append(f"train.steps = {FLAGS.steps}")
-    gin.parse_config_files_and_bindings(FLAGS.gin_file, bindings)
+    if FLAGS.verbose is not None:
+        bindings.append(f"train.verbose = {FLAGS.verbose}")
+    if FLAGS.keep_checkpoints is not None:
+        keep = None if FLAGS.keep_checkpoints < 0 else FLAGS.keep_checkpoints
+        bindings.append(f"train.keep_checkpoints = {keep}")
+    if FLAGS.best_checkpoint_monitor:
+        bindings.append(
+            f"train.best_checkpoint_monitor = {FLAGS.best_checkpoint_monitor!r}")
+    from keras_mtl import configs  # --gin_file: a path or a shipped config
+    configs.parse(FLAGS.gin_file, bindings)
     result = experiment.train(FLAGS.model_dir, **kwargs)
     print(f"Run written to {FLAGS.model_dir}: {result['metrics']}")
 

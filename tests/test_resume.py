@@ -53,9 +53,12 @@ import tests.test_resume
 include '{root}/gin/toy_gradnorm_t2.gin'
 train.steps = 12
 train.steps_per_epoch = 4
-train.eval_data = None
+train.eval_every = 3
 train.deterministic = True
+train.keep_checkpoints = 2
+train.best_checkpoint_monitor = 'val_normalized_loss'
 toy_data.train_size = 192
+toy_data.test_size = 64
 toy_data.batch_size = 32
 toy_mlp.width = 16
 toy_mlp.depth = 2
@@ -67,18 +70,37 @@ def _launch(gin_file, model_dir, *bindings):
            f"--model_dir={model_dir}", "--distribution_strategy=one_device"]
     cmd += [f"--gin_bindings={b}" for b in bindings]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
 def _finish(proc, timeout=120):
+    """Waits for a launcher; returns its stdout (the progress lines)."""
     try:
-        _, err = proc.communicate(timeout=timeout)
+        out, err = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode == 0, err[-3000:]
+    return out
+
+
+def _csv(path):
+    """(header, rows as float arrays) of a record CSV file."""
+    lines = path.read_text().splitlines()
+    return lines[0].split(","), [np.array(l.split(","), "float64") for l in lines[1:]]
+
+
+def assert_same_records(resumed_dir, clean_dir, files, rtol=1e-6):
+    """The record files of two runs agree row by row: keys equal, numbers close."""
+    for name in files:
+        header, rows = _csv(resumed_dir / name)
+        clean_header, clean_rows = _csv(clean_dir / name)
+        assert header == clean_header, name
+        assert [r[0] for r in rows] == [r[0] for r in clean_rows], name
+        for row, clean_row in zip(rows, clean_rows):
+            np.testing.assert_allclose(row, clean_row, rtol=rtol, atol=0, err_msg=name)
 
 
 def test_sigkill_mid_epoch_then_restart_equals_uninterrupted_run(tmp_path):
@@ -111,11 +133,27 @@ def test_sigkill_mid_epoch_then_restart_equals_uninterrupted_run(tmp_path):
     metadata = (killed_dir / "backup" / "training_metadata.json").read_text()
     assert '"epoch": 1' in metadata  # the backup is the end of epoch 1 (step 4)
     assert not (killed_dir / "model.keras").exists()
-    _finish(_launch(gin_file, killed_dir))
+    # The killed run wrote records past its backup (steps 5-6): dropped on restart.
+    assert (killed_dir / "task_weights.csv").read_text().splitlines()[-1].startswith("6,")
+    restart_log = _finish(_launch(gin_file, killed_dir))
     _finish(clean)
-    # The restart ran epochs 2 and 3 only, then matched the clean run exactly.
-    history = (killed_dir / "history.csv").read_text().splitlines()
-    assert len(history) == 1 + 2
+    # The restart ran epochs 2 and 3 only, then matched the clean run exactly,
+    # records included: every epoch, every step, every evaluation, numbered
+    # as in an uninterrupted run.
+    assert "epoch 1/3" not in restart_log
+    assert "epoch 2/3 (step 8," in restart_log and "epoch 3/3 (step 12," in restart_log
+    assert_same_records(killed_dir, clean_dir, [
+        "history.csv", "task_weights.csv", "task_normalized_loss.csv"], rtol=1e-7)
+    header, rows = _csv(killed_dir / "history.csv")
+    assert [r[0] for r in rows] == [1, 2, 3] and "val_normalized_loss" in header
+    assert [r[0] for r in _csv(killed_dir / "task_weights.csv")[1]] == list(range(13))
+    assert [r[0] for r in _csv(killed_dir / "task_normalized_loss.csv")[1]] == [
+        0, 3, 6, 9, 12]
+    for name in ("normalized_loss_reference.json", "checkpoints/best.json"):
+        assert (killed_dir / name).read_text() == (clean_dir / name).read_text()
+    assert sorted(os.listdir(killed_dir / "checkpoints")) == [
+        "best.json", "best.keras", "epoch_0002.keras", "epoch_0003.keras"]
+    assert not (killed_dir / "backup").exists()  # removed when training ended
     resumed = keras.saving.load_model(killed_dir / "model.keras")
     uninterrupted = keras.saving.load_model(clean_dir / "model.keras")
     assert int(resumed.optimizer.iterations.numpy()) == 12
@@ -129,7 +167,9 @@ def test_sigkill_mid_epoch_then_restart_equals_uninterrupted_run(tmp_path):
 # .keras files and tf.train.Checkpoint keep all state, for every balancer
 # ---------------------------------------------------------------------------
 # Seeds are configuration (kept by `.keras` files, not by checkpoints).
-_ARGS = {"static": {"weights": [0.3, 0.7]}, "rlw": {"seed": 0}, "pcgrad": {"seed": 0}}
+_ARGS = {"static": {"weights": [0.3, 0.7]}, "rlw": {"seed": 0}, "pcgrad": {"seed": 0},
+         "graddrop": {"seed": 0}, "gradvac": {"seed": 0},
+         "stch": {"warmup_steps": 1, "nadir_steps": 2}}
 
 
 def _make_balancer(name):

@@ -1,12 +1,15 @@
 """Per-step records of a multi-task run: task weights w_i(t) and normalised losses."""
 
-import csv
+import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_mtl.balancers.static import StaticWeights
+from keras_mtl.callbacks._records import RecordFile
+from keras_mtl.callbacks._records import fmt
+from keras_mtl.callbacks._records import optimizer_step
 
 
 def mean_task_losses(model, data):
@@ -46,10 +49,15 @@ class BalancerHistory(keras.callbacks.Callback):
     >>> model.fit(train, epochs=10, callbacks=[history])
     >>> static = history.static_balancer()   # StaticWeights(E_t[w_i(t)])
 
+    Steps are the optimizer's step counter: the first row (step 0) holds the
+    initial weights, and further `fit` calls continue the trace. The CSV file
+    is written row by row; a run restarted by `BackupAndRestore` keeps the
+    rows up to the restored step (read from the file) and continues them, so
+    its trace equals an uninterrupted run's.
+
     Args:
         every: record every `every` training steps. Defaults to `1`.
-        csv_path: optional path of a CSV file (step, one column per task)
-            written at the end of training.
+        csv_path: optional path of a CSV file (step, one column per task).
     """
 
     def __init__(self, every=1, csv_path=None):
@@ -63,28 +71,55 @@ class BalancerHistory(keras.callbacks.Callback):
         self.csv_path = csv_path
         self.steps = []
         self.weights = []
-        self._step = 0
+        self._file = None
+        self._started = False
+        self._last = 0
 
     def on_train_begin(self, logs=None):
-        if not self.steps:
-            self._record()
+        self._started = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # After every `on_train_begin` (a `BackupAndRestore` restore
+        # included), whatever the callback order.
+        if not self._started:
+            self._begin()
+
+    def _begin(self):
+        self._started = True
+        start = optimizer_step(self.model)
+        self._last = start
+        tasks = list(self.model.task_names)
+        if self.csv_path:
+            self._file = RecordFile(self.csv_path, ["step"] + tasks)
+            rows = self._file.resume(start if start > 0 else -1)
+            self.steps = [int(r["step"]) for r in rows]
+            self.weights = [np.array([float(r[t]) for t in tasks]) for r in rows]
+        else:
+            keep = [i for i, s in enumerate(self.steps) if 0 < start and s <= start]
+            self.steps = [self.steps[i] for i in keep]
+            self.weights = [self.weights[i] for i in keep]
+        if start == 0:
+            self._record(0)
 
     def on_train_batch_end(self, batch, logs=None):
-        self._step += 1
-        if self._step % self.every == 0:
-            self._record()
+        step = optimizer_step(self.model)
+        if step // self.every > self._last // self.every:
+            self._record(step)
+        self._last = step
 
-    def _record(self):
-        self.steps.append(self._step)
-        self.weights.append(np.asarray(self.model.balancer.task_weights(), "float64"))
+    def _record(self, step):
+        w = np.asarray(self.model.balancer.task_weights(), "float64")
+        self.steps.append(step)
+        self.weights.append(w)
+        if self._file is not None:
+            self._file.append([step] + [fmt(v) for v in w])
 
     def on_train_end(self, logs=None):
-        if self.csv_path:
-            with open(self.csv_path, "w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(["step"] + list(self.model.task_names))
-                for step, w in zip(self.steps, self.weights):
-                    writer.writerow([step] + [f"{v:.6g}" for v in w])
+        if not self._started:
+            self._begin()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def as_array(self):
         """(steps (n,), weights (n, T)) of the recorded trace."""
@@ -107,46 +142,109 @@ class TaskNormalizedLoss(keras.callbacks.Callback):
 
     L_i(0) is the held-out loss of the model before training (the quantity
     plotted in Figure 2 of Chen et al. 2018); an untrained model scores T.
+    Steps are the optimizer's step counter. With `csv_path`, every record is
+    written when made, with the raw losses beside the ratios; a run restarted
+    by `BackupAndRestore` reads L_i(0) and the records up to the restored
+    step back from it and continues the same curve.
 
     Args:
         data: held-out dataset of `(x, {task: y})`.
         every: evaluate every `every` training steps (and at the end).
+        csv_path: optional CSV file: `step`, `task_normalized_loss`, one ratio
+            L_i/L_i(0) per task (named by the task) and the losses
+            (`<task>_loss`).
     """
 
-    def __init__(self, data, every=100):
+    def __init__(self, data, every=100, csv_path=None):
         super().__init__()
+        if int(every) < 1:
+            raise ValueError(
+                "Invalid value received for argument `every`. Expected an "
+                f"integer >= 1. Received: every={every}"
+            )
         self.data = data
         self.every = int(every)
+        self.csv_path = csv_path
         self.initial = None
         self.steps = []
         self.values = []
         self.per_task = []
-        self._step = 0
+        self.losses = []
+        self._file = None
+        self._started = False
+        self._last = 0
 
-    def _losses(self):
+    def _header(self):
+        tasks = list(self.model.task_names)
+        return ["step", "task_normalized_loss"] + tasks + [f"{t}_loss" for t in tasks]
+
+    def _evaluate(self):
         # Not `model.evaluate`: that would reset the running training metrics
         # in the middle of an epoch.
         return mean_task_losses(self.model, self.data)
 
-    def _record(self):
-        losses = self._losses()
+    def on_train_begin(self, logs=None):
+        self._started = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._started:  # after every restore, as in BalancerHistory
+            self._begin()
+
+    def _begin(self):
+        self._started = True
+        start = optimizer_step(self.model)
+        self._last = start
+        tasks = list(self.model.task_names)
+        if self.csv_path:
+            self._file = RecordFile(self.csv_path, self._header())
+            rows = self._file.resume(start if start > 0 else -1)
+            records = [(int(r["step"]), np.array([float(r[f"{t}_loss"]) for t in tasks]))
+                       for r in rows]
+        else:
+            records = [(s, l) for s, l in zip(self.steps, self.losses) if 0 < start and s <= start]
+        self.steps, self.values, self.per_task, self.losses = [], [], [], []
+        if start == 0 or not records or records[0][0] != 0:
+            if start > 0:
+                warnings.warn(
+                    "TaskNormalizedLoss found no record of the losses before "
+                    f"training (resuming at step {start}): L_i(0) is the "
+                    "held-out loss now.", RuntimeWarning, stacklevel=2)
+            self.initial = None
+            records = []
+            self._record(start)
+            return
+        self.initial = records[0][1]
+        for step, losses in records:
+            self._add(step, losses)
+
+    def _add(self, step, losses):
         ratio = losses / self.initial
-        self.steps.append(self._step)
+        self.steps.append(step)
+        self.losses.append(losses)
         self.per_task.append(ratio)
         self.values.append(float(ratio.sum()))
+        return ratio
 
-    def on_train_begin(self, logs=None):
+    def _record(self, step):
+        losses = self._evaluate()
         if self.initial is None:
-            self.initial = self._losses()
-            self.steps.append(0)
-            self.per_task.append(np.ones_like(self.initial))
-            self.values.append(float(len(self.initial)))
+            self.initial = losses
+        ratio = self._add(step, losses)
+        if self._file is not None:
+            self._file.append([step, fmt(self.values[-1])] + [fmt(v) for v in ratio]
+                              + [fmt(v) for v in losses])
 
     def on_train_batch_end(self, batch, logs=None):
-        self._step += 1
-        if self._step % self.every == 0:
-            self._record()
+        step = optimizer_step(self.model)
+        if step // self.every > self._last // self.every:
+            self._record(step)
+        self._last = step
 
     def on_train_end(self, logs=None):
-        if self.steps[-1] != self._step:
-            self._record()
+        if not self._started:
+            self._begin()
+        if self.steps[-1] != self._last:
+            self._record(self._last)
+        if self._file is not None:
+            self._file.close()
+            self._file = None

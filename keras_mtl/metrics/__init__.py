@@ -8,3 +8,4 @@ from keras_mtl.metrics.normals import NormalCosineError, NormalMeanAngle, Normal
 from keras_mtl.metrics.segmentation import MeanIoU, PixelAccuracy
 from keras_mtl.metrics.task_normalized import task_normalized_loss, task_normalized_loss_curve
 from keras_mtl.metrics.delta_m import delta_m
+from keras_mtl.metrics.sets import attribute_metrics, depth_metrics, landmark_metrics, normal_metrics, segmentation_metrics
