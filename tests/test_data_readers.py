@@ -242,6 +242,27 @@ def test_celeba_missing_and_corrupt_files(tmp_path):
         data.celeba(str(tmp_path))
 
 
+def _corrupt(path, how):
+    """Truncates an image file to half its size, or replaces it by text."""
+    with open(path, "rb") as f:
+        contents = f.read()
+    with open(path, "wb") as f:
+        f.write(contents[: len(contents) // 2] if how == "truncate" else b"<html>404</html>")
+
+
+def test_celeba_corrupt_image_is_named(tmp_path):
+    root = str(tmp_path)
+    written = testing.write_celeba(root, num_train=3, num_val=1, num_test=1, image_shape=(40, 30))
+    truncated, garbage = written["train"][0][1], written["validation"][0][0]
+    _corrupt(os.path.join(root, "img_align_celeba", truncated), "truncate")
+    _corrupt(os.path.join(root, "img_align_celeba", garbage), "garbage")
+    for split, name in (("train", truncated), ("val", garbage)):
+        ds = data.celeba(root, split=split, batch_size=2, shuffle=False, augment=False, image_size=8)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"CelebA: cannot decode the image file \S*" + name):
+            as_list(ds)
+    assert len(as_list(data.celeba(root, split="test", batch_size=None, image_size=8))) == 1
+
+
 # --------------------------------------------------------------------- MTFL
 
 
@@ -302,6 +323,24 @@ def test_mtfl_missing_image_is_named(mtfl_dir, tmp_path):
         data.mtfl(str(tmp_path), split="test")
 
 
+def test_mtfl_corrupt_image_is_named_mid_iteration(tmp_path):
+    root = str(tmp_path)
+    written = testing.write_mtfl(root, num_train=3, num_test=2)
+    truncated, garbage = written["train"][1][0], written["test"][0][0]
+    _corrupt(os.path.join(root, *truncated.split("\\")), "truncate")
+    _corrupt(os.path.join(root, *garbage.split("\\")), "garbage")
+    for split, name, good in (("train", truncated, 1), ("test", garbage, 0)):
+        it = iter(data.mtfl(root, split=split, batch_size=None, shuffle=False, augment=False))
+        for _ in range(good):  # the images before the corrupt one still load
+            image, _ = next(it)
+            assert image.shape == (40, 40, 3)
+        with pytest.raises(tf.errors.InvalidArgumentError) as error:
+            next(it)
+        message = str(error.value)
+        assert "MTFL: cannot decode the image file" in message
+        assert os.path.join(root, *name.split("\\")) in message
+
+
 # --------------------------------------------------------------- MultiMNIST
 
 
@@ -325,4 +364,3 @@ def test_multimnist_left_and_right_digits(tmp_path):
     np.savez(path, x_train=np.zeros((3, 5, 5)), y_train=np.zeros(3))
     with pytest.raises(data.DatasetNotFoundError, match=r"mnist\.npz.*expected \(N, 28, 28\)"):
         data.multimnist(path)
-

@@ -36,6 +36,12 @@ class StaticWeights(Balancer):
                     "Invalid value received for argument `weights`. Expected "
                     f"finite values >= 0. Received: weights={weights}"
                 )
+        if not any(v > 0 for v in values):
+            raise ValueError(
+                "Invalid value received for argument `weights`. Expected at "
+                "least one weight > 0: with all weights 0 no task would train. "
+                f"Received: weights={weights}"
+            )
         self.weights_spec = weights
 
     def build_state(self, num_tasks):

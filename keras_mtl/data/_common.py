@@ -59,6 +59,72 @@ def check_batch_size(batch_size):
         )
 
 
+# Leading bytes of the formats `tf.io.decode_image` reads: JPEG, PNG, GIF, BMP,
+# WebP (RIFF) and JPEG XL (bare codestream or ISO box container).
+_IMAGE_SIGNATURES = (
+    b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"RIFF", b"\xff\x0a",
+    b"\x00\x00\x00\x0cJXL ",
+)
+
+
+def read_image_file(path, dataset):
+    """The bytes of the image file `path`, checked before any decoder sees them.
+
+    A corrupt file would otherwise stop iteration with a decoder error that
+    names no file ("Unknown image file format", "jpeg::Uncompress failed").
+    This raises `tf.errors.InvalidArgumentError` naming `path` when the file
+    is empty, is no image format that `tf.io.decode_image` reads, or is cut
+    short: a JPEG with no end-of-image marker (FF D9) after its last
+    start-of-scan marker (FF DA, so an EXIF thumbnail's markers do not count)
+    or a PNG with no IEND chunk after its last IDAT. Bytes after the end
+    marker are accepted, as the decoders accept them. A file whose damage
+    these checks cannot see (e.g. a PNG with a bad checksum) still fails in
+    the decoder. Works inside `tf.data` maps (graph ops only).
+
+    Args:
+        path: scalar string tensor, the file name.
+        dataset: the dataset's name for the message, e.g. `"MTFL"`.
+
+    Returns:
+        A scalar string tensor, the file's contents.
+    """
+    contents = tf.io.read_file(path)
+    data = tf.io.decode_raw(contents, "uint8")
+    known = tf.reduce_any(
+        [tf.strings.substr(contents, 0, len(s)) == s for s in _IMAGE_SIGNATURES]
+    )
+    is_jpeg = tf.strings.substr(contents, 0, 3) == _IMAGE_SIGNATURES[0]
+    is_png = tf.strings.substr(contents, 0, 4) == _IMAGE_SIGNATURES[1]
+    complete = tf.logical_and(
+        tf.logical_or(tf.logical_not(is_jpeg), _marker_after(data, b"\xff\xda", b"\xff\xd9")),
+        tf.logical_or(tf.logical_not(is_png), _marker_after(data, b"IDAT", b"IEND")),
+    )
+    message = tf.strings.join([
+        f"{dataset}: cannot decode the image file ", path, ": it is empty, "
+        "not an image (JPEG, PNG, GIF, BMP, WebP, JPEG XL) or cut short.",
+    ])
+    check = tf.debugging.Assert(tf.logical_and(known, complete), [message])
+    with tf.control_dependencies([check]):
+        return tf.identity(contents)
+
+
+def _marker_after(data, last, needed):
+    """Whether the byte string `needed` occurs after the last `last` in `data`."""
+    width = len(needed)
+    assert len(last) == width
+    data = tf.concat([data, tf.zeros([width], "uint8")], 0)  # no marker holds 0
+    count = tf.shape(data)[0] - width + 1
+
+    def starts(pattern):
+        return tf.reduce_all(
+            tf.stack([data[i:i + count] == byte for i, byte in enumerate(pattern)]), 0
+        )
+
+    index = tf.range(count)
+    after = tf.reduce_max(tf.where(starts(last), index, -1))
+    return tf.reduce_any(tf.logical_and(starts(needed), index > after))
+
+
 def with_random_seeds(ds, seed):
     """Zips a stateless-RNG seed (2,) onto each element.
 

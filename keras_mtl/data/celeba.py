@@ -274,7 +274,7 @@ def _raw_dataset(raw, split, shuffle, seed):
     ds = tf.data.Dataset.from_tensor_slices((paths, attributes))
     ds = _common.shuffled(ds, shuffle, len(paths), seed)  # paths: a full shuffle is cheap
     ds = ds.map(
-        lambda p, a: (tf.io.decode_jpeg(tf.io.read_file(p), channels=3), a),
+        lambda p, a: (tf.io.decode_jpeg(_common.read_image_file(p, "CelebA"), channels=3), a),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     return ds

@@ -173,7 +173,8 @@ def mtfl(
     ds = _common.shuffled(ds, shuffle, len(paths), seed)
 
     def load(path, points, labels):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
+        contents = _common.read_image_file(path, "MTFL")  # a corrupt file is named
+        image = tf.io.decode_image(contents, channels=channels, expand_animations=False)
         size = tf.cast(tf.shape(image)[:2], "float32")
         scale = tf.concat([tf.fill([5], size[1]), tf.fill([5], size[0])], 0)
         image = tf.image.resize(tf.cast(image, "float32") / 255.0, image_size)

@@ -43,7 +43,8 @@ def normalized_gramian(grads):
     array([3.00000000e+00, 1.41421356e+08])
     """
     grads = as_gradient_matrix(grads)
-    peak = tf.reduce_max(tf.abs(grads), axis=1, keepdims=True)
+    # The floor at 0 keeps zero-dimensional rows (d = 0) at peak 0, not -inf.
+    peak = tf.maximum(tf.reduce_max(tf.abs(grads), axis=1, keepdims=True), 0.0)
     scaled = tf.math.divide_no_nan(grads, peak)
     inner = tf.matmul(scaled, scaled, transpose_b=True)
     inner = tf.cast(inner, "float64")
@@ -67,14 +68,19 @@ def symmetric_pinv(matrix, rcond):
     Eigenvalues with `|lambda| <= rcond * max|lambda|` are treated as zero, so
     rank-deficient and ill-conditioned systems give finite, minimum-norm
     answers. `tf.linalg.eigh` compiles under XLA (`jit_compile=True`), where
-    the SVD behind `tf.linalg.pinv` is not needed.
+    the SVD behind `tf.linalg.pinv` is not needed. A matrix with a NaN or inf
+    entry gives an all-NaN result: it never reaches `eigh`, whose CPU kernel
+    would raise "Self-adjoint eigen decomposition was not successful".
     """
+    finite = tf.reduce_all(tf.math.is_finite(matrix))
+    matrix = tf.where(finite, matrix, tf.zeros_like(matrix))
     values, vectors = tf.linalg.eigh(matrix)
     limit = rcond * tf.reduce_max(tf.abs(values))
     keep = tf.abs(values) > limit
     safe = tf.where(keep, values, tf.ones_like(values))
     inverse = tf.where(keep, 1.0 / safe, tf.zeros_like(values))
-    return tf.matmul(vectors * inverse[None, :], vectors, transpose_b=True)
+    pinv = tf.matmul(vectors * inverse[None, :], vectors, transpose_b=True)
+    return tf.where(finite, pinv, tf.fill(tf.shape(pinv), _nan(pinv.dtype)))
 
 
 def default_rcond(grads, num_tasks):
@@ -90,3 +96,49 @@ def task_mask(mask, num_tasks):
     if mask is None:
         return tf.ones([num_tasks], "float64")
     return tf.cast(tf.cast(mask, "bool"), "float64")
+
+
+def num_rows(tensor):
+    """The number of rows: a Python int when static, else a scalar tensor.
+
+    A static count keeps `tf.one_hot` depths and loop-variable shapes static,
+    which `tf.while_loop` needs when T = 1 (a (1,) shape broadcast against an
+    unknown depth would become (None,)).
+    """
+    return tensor.shape[0] if tensor.shape[0] is not None else tf.shape(tensor)[0]
+
+
+def included_rows(grads, mask=None):
+    """The rows of the tasks in `mask`, made safe for the Gramian.
+
+    Returns `(clean, wanted, poisoned)`: `clean` is `grads` with the rows of
+    the excluded tasks, and of the included tasks holding a NaN or inf, set
+    to 0 by `tf.where` (an excluded row's NaN never meets a multiplication by
+    0, so it cannot influence anything); `wanted` is the float64 mask (T,);
+    `poisoned` is a bool scalar, true when an included row is not finite.
+    The ops return all-NaN weights then (see `poison`), so that a caller's
+    non-finite check sees it; they never raise.
+    """
+    wanted = task_mask(mask, tf.shape(grads)[0])
+    finite = tf.reduce_all(tf.math.is_finite(grads), axis=1)
+    keep = tf.logical_and(wanted > 0, finite)
+    clean = tf.where(keep[:, None], grads, tf.zeros_like(grads))
+    poisoned = tf.reduce_any(tf.logical_and(wanted > 0, tf.logical_not(finite)))
+    return clean, wanted, poisoned
+
+
+def poison(values, poisoned):
+    """`values` replaced by NaN when `poisoned`."""
+    return tf.where(poisoned, tf.fill(tf.shape(values), _nan(values.dtype)), values)
+
+
+def combine(grads, weights, mask=None):
+    """`weights @ grads` (d,) without reading the rows excluded by `mask`."""
+    if mask is not None:
+        keep = task_mask(mask, tf.shape(grads)[0]) > 0
+        grads = tf.where(keep[:, None], grads, tf.zeros_like(grads))
+    return tf.linalg.matvec(grads, weights, transpose_a=True)
+
+
+def _nan(dtype):
+    return tf.constant(float("nan"), dtype)

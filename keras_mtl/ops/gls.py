@@ -11,6 +11,11 @@ def _present(losses, present):
     return tf.cast(present, losses.dtype)
 
 
+def _floored(losses, present):
+    """Losses floored at 1e-12, and 1 for absent tasks (never read: NaN-safe)."""
+    return tf.where(present > 0, tf.maximum(losses, _FLOOR), tf.ones_like(losses))
+
+
 def gls_loss(losses, present=None):
     """The geometric mean of the task losses, over the present tasks.
 
@@ -22,7 +27,8 @@ def gls_loss(losses, present=None):
     Args:
         losses: float (T,) of positive task losses.
         present: optional float (T,) of 1 for the tasks in the batch, 0 for
-            the others (which are left out of the mean). Defaults to all.
+            the others (which are left out of the mean, and never read: a NaN
+            loss there changes nothing). Defaults to all.
 
     Returns:
         A scalar of the input dtype (0 when no task is present).
@@ -40,7 +46,7 @@ def gls_loss(losses, present=None):
     losses = tf.convert_to_tensor(losses)
     present = _present(losses, present)
     count = tf.reduce_sum(present)
-    logs = tf.math.log(tf.maximum(losses, _FLOOR)) * present
+    logs = tf.math.log(_floored(losses, present)) * present
     mean_log = tf.math.divide_no_nan(tf.reduce_sum(logs), count)
     return tf.where(count > 0, tf.exp(mean_log), tf.zeros_like(mean_log))
 
@@ -59,4 +65,4 @@ def gls_weights(losses, present=None):
     present = _present(losses, present)
     count = tf.reduce_sum(present)
     total = gls_loss(losses, present)
-    return tf.math.divide_no_nan(total * present, count * tf.maximum(losses, _FLOOR))
+    return tf.math.divide_no_nan(total * present, count * _floored(losses, present))

@@ -27,7 +27,10 @@ def imtl_g_weights(grads, mask=None, rcond=None):
 
     Degenerate inputs: a task with a zero gradient (or masked out) gets weight
     0, since the projection on it is undefined; if no task has a non-zero
-    gradient the weights are uniform over the unmasked tasks. In the
+    gradient (also when d = 0) the weights are uniform over the unmasked
+    tasks. One task gives `[1]`; no task (T = 0) gives an empty vector. A
+    masked-out row is never read (it may hold NaN); a NaN or inf in an
+    included row gives all-NaN weights, never an error. In the
     measure-zero case `sum_t beta_t / ||g_t|| = 0`, where no `alpha` summing
     to 1 exists, the weights are normalised by `sum_t |beta_t| / ||g_t||`
     instead. Weights may be negative (the paper does not constrain them; it
@@ -57,8 +60,8 @@ def imtl_g_weights(grads, mask=None, rcond=None):
     num_tasks = grads.shape[0]
     if rcond is None:
         rcond = gramian_lib.default_rcond(grads, num_tasks or 1)
-    cosines, norms = gramian_lib.normalized_gramian(grads)
-    wanted = gramian_lib.task_mask(mask, tf.shape(grads)[0])
+    clean, wanted, poisoned = gramian_lib.included_rows(grads, mask)
+    cosines, norms = gramian_lib.normalized_gramian(clean)
     active = wanted * tf.cast(norms > 0, "float64")
     cosines = cosines * active[:, None] * active[None, :]
     beta = tf.linalg.matvec(gramian_lib.symmetric_pinv(cosines, rcond), active)
@@ -69,14 +72,14 @@ def imtl_g_weights(grads, mask=None, rcond=None):
     weights = tf.math.divide_no_nan(raw, denom)
     uniform = tf.math.divide_no_nan(wanted, tf.reduce_sum(wanted))
     weights = tf.where(size > 0, weights, uniform)
-    return tf.cast(weights, grads.dtype)
+    return tf.cast(gramian_lib.poison(weights, poisoned), grads.dtype)
 
 
 def imtl_g(grads, mask=None, rcond=None):
     """The IMTL-G combined gradient (d,): `imtl_g_weights(grads) @ grads`."""
     grads = gramian_lib.as_gradient_matrix(grads)
     weights = imtl_g_weights(grads, mask=mask, rcond=rcond)
-    return tf.linalg.matvec(grads, weights, transpose_a=True)
+    return gramian_lib.combine(grads, weights, mask)
 
 
 def imtl_l_loss(losses, log_scales):

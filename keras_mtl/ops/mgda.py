@@ -82,26 +82,52 @@ def min_norm_weights_from_gramian(
         return_iterations: also return the number of Frank-Wolfe steps of
             the final (certifying) pass.
 
+    Degenerate inputs: when an allowed task has a zero gradient (zero
+    diagonal entry), every combination of the zero gradients is a min-norm
+    point, and the weights are uniform over them (all allowed tasks when
+    d = 0). One task gives `[1]`; T = 0 gives an empty vector. The rows and
+    columns of masked-out tasks are never read (they may hold NaN); a NaN or
+    inf among the allowed entries gives all-NaN weights, never an error.
+
     Returns:
         float64 tensor (T,) on the simplex (zeros if nothing is unmasked),
         and the int32 iteration count if `return_iterations`.
     """
     gram = tf.convert_to_tensor(gram, "float64")
-    allowed = _gramian_mask(mask, gram)
-    # Eager calls run the loop as one compiled graph (an eager while loop is
-    # slow); inside a traced function (a train step, XLA) it is inlined.
-    solve = _frank_wolfe_graph if tf.executing_eagerly() else _frank_wolfe
-    alpha, iterations = solve(
+    allowed = gramian_lib.task_mask(mask, tf.shape(gram)[0]) > 0
+    pair = tf.logical_and(allowed[:, None], allowed[None, :])
+    poisoned = tf.reduce_any(
+        tf.logical_and(pair, tf.logical_not(tf.math.is_finite(gram)))
+    )
+    gram = tf.where(
+        tf.logical_and(pair, tf.math.is_finite(gram)), gram, tf.zeros_like(gram)
+    )
+    args = (
         gram,
         allowed,
         tf.constant(max_iters, "int32"),
         tf.constant(tolerance, "float64"),
     )
+    num = gramian_lib.num_rows(gram)
+    if isinstance(num, int) and num == 0:
+        alpha, iterations = tf.zeros([0], "float64"), tf.constant(0)
+    elif isinstance(num, int):
+        alpha, iterations = _solve(*args)
+    else:  # T unknown while tracing: it may be 0, where argmin has no answer
+        alpha, iterations = tf.cond(
+            num > 0,
+            lambda: _solve(*args),
+            lambda: (tf.zeros([0], "float64"), tf.constant(0)),
+        )
+    alpha = gramian_lib.poison(alpha, poisoned)
     return (alpha, iterations) if return_iterations else alpha
 
 
-def _gramian_mask(mask, gram):
-    return gramian_lib.task_mask(mask, tf.shape(gram)[0]) > 0
+def _solve(gram, allowed, max_iters, tolerance):
+    # Eager calls run the loop as one compiled graph (an eager while loop is
+    # slow); inside a traced function (a train step, XLA) it is inlined.
+    solve = _frank_wolfe_graph if tf.executing_eagerly() else _frank_wolfe
+    return solve(gram, allowed, max_iters, tolerance)
 
 
 def _frank_wolfe(gram, allowed, max_iters, tolerance):
@@ -111,7 +137,12 @@ def _frank_wolfe(gram, allowed, max_iters, tolerance):
     alpha = _polish(gram, allowed, alpha)
     alpha, iters = _pairwise_loop(gram, allowed, alpha, max_iters, tolerance)
     alpha = tf.where(allowed, alpha, 0.0)
-    return tf.math.divide_no_nan(alpha, tf.reduce_sum(alpha)), iters
+    alpha = tf.math.divide_no_nan(alpha, tf.reduce_sum(alpha))
+    zero = tf.cast(
+        tf.logical_and(allowed, tf.linalg.diag_part(gram) <= 0), "float64"
+    )
+    on_zero = tf.math.divide_no_nan(zero, tf.reduce_sum(zero))
+    return tf.where(tf.reduce_sum(zero) > 0, on_zero, alpha), iters
 
 
 def _scaled_objective(cosines, norms, alpha):
@@ -153,7 +184,7 @@ def _polish(gram, allowed, alpha):
 
 def _best_pair(gram, allowed):
     """The smallest of the exact two-task min-norm points over all pairs."""
-    num = tf.shape(gram)[0]
+    num = gramian_lib.num_rows(gram)
     diag = tf.linalg.diag_part(gram)
     inf = tf.constant(float("inf"), "float64")
     # gamma on task i, 1 - gamma on task j.
@@ -186,7 +217,7 @@ def _pairwise_loop(gram, allowed, alpha, max_iters, tolerance):
     which XLA would otherwise turn into compile-time constants (and recompile
     the train step at every call).
     """
-    num = tf.shape(gram)[0]
+    num = gramian_lib.num_rows(gram)
     inf = tf.constant(float("inf"), "float64")
     abs_gram = tf.abs(gram)
     any_allowed = tf.reduce_any(allowed)
@@ -264,6 +295,14 @@ def mgda_weights(
     value: the Gramian is formed from max-abs-rescaled rows and rebuilt in
     float64, so rows scaled from 1e-8 to 1e8 stay accurate.
 
+    Edge cases: one task gives `[1]` (with `"none"`: the gradient itself);
+    no task (a (0, d) matrix) gives an empty vector, as a fully masked input
+    gives zeros: there is nothing to weigh, and `weights @ grads` is the zero
+    vector. Zero gradients (also d = 0) are min-norm points: the weights are
+    uniform over the included zero rows. Masked-out rows and losses are never
+    read (they may hold NaN); a NaN or inf in an included row (or, with the
+    `"loss"` normalisations, loss) gives all-NaN weights, never an error.
+
     Args:
         grads: float tensor (T, d): feature-level gradients `dL_t/dz` (the
             paper's MGDA-UB) or shared-parameter gradients.
@@ -286,14 +325,29 @@ def mgda_weights(
         NeurIPS 2018.
     """
     grads = gramian_lib.as_gradient_matrix(grads)
-    scale = mgda_normalizers(grads, losses, normalization)
-    cosines, norms = gramian_lib.normalized_gramian(grads)
+    clean, wanted, poisoned = gramian_lib.included_rows(grads, mask)
+    if losses is not None and check_normalization(normalization) in ("loss", "loss+"):
+        losses = tf.cast(losses, "float64")
+        poisoned = tf.logical_or(
+            poisoned,
+            tf.reduce_any(
+                tf.logical_and(wanted > 0, tf.logical_not(tf.math.is_finite(losses)))
+            ),
+        )
+        losses = tf.where(
+            tf.logical_and(wanted > 0, tf.math.is_finite(losses)),
+            losses,
+            tf.ones_like(losses),
+        )
+    scale = mgda_normalizers(clean, losses, normalization)
+    cosines, norms = gramian_lib.normalized_gramian(clean)
     norms = tf.math.divide_no_nan(norms, scale)
     gram = norms[:, None] * cosines * norms[None, :]
     alpha = min_norm_weights_from_gramian(
-        gram, mask=mask, max_iters=max_iters, tolerance=tolerance
+        gram, mask=wanted, max_iters=max_iters, tolerance=tolerance
     )
-    return tf.cast(tf.math.divide_no_nan(alpha, scale), grads.dtype)
+    weights = tf.math.divide_no_nan(alpha, scale)
+    return tf.cast(gramian_lib.poison(weights, poisoned), grads.dtype)
 
 
 def mgda_closed_form_weights(grads, mask=None, rcond=None):
@@ -313,7 +367,10 @@ def mgda_closed_form_weights(grads, mask=None, rcond=None):
     gradients (identical rows, more tasks than dimensions) it returns the
     minimum-norm solution of the (always consistent) KKT system, a true
     minimiser. A zero gradient row is itself the minimum (norm 0): the weights
-    are then uniform over the zero rows.
+    are then uniform over the zero rows (all included rows when d = 0). One
+    task gives `[1]`, T = 0 an empty vector. Masked-out rows are never read
+    (they may hold NaN); a NaN or inf in an included row gives all-NaN
+    weights, never an error.
 
     Args:
         grads: float tensor (T, d).
@@ -336,13 +393,13 @@ def mgda_closed_form_weights(grads, mask=None, rcond=None):
     num_tasks = grads.shape[0]
     if rcond is None:
         rcond = gramian_lib.default_rcond(grads, (num_tasks or 1) + 1)
-    cosines, norms = gramian_lib.normalized_gramian(grads)
-    wanted = gramian_lib.task_mask(mask, tf.shape(grads)[0])
+    clean, wanted, poisoned = gramian_lib.included_rows(grads, mask)
+    cosines, norms = gramian_lib.normalized_gramian(clean)
     zero = wanted * tf.cast(norms <= 0, "float64")
     alpha = _affine_min_norm(cosines, norms, wanted - zero, rcond)
     on_zero = tf.math.divide_no_nan(zero, tf.reduce_sum(zero))
     alpha = tf.where(tf.reduce_sum(zero) > 0, on_zero, alpha)
-    return tf.cast(alpha, grads.dtype)
+    return tf.cast(gramian_lib.poison(alpha, poisoned), grads.dtype)
 
 
 def _affine_min_norm(cosines, norms, active, rcond):

@@ -40,7 +40,7 @@ def pcgrad_task_orders(num_tasks, seed=None):
     return tf.cast(tf.argsort(scores, axis=1), "int32")
 
 
-def pcgrad_weights(grads, seed=None, orders=None):
+def pcgrad_weights(grads, seed=None, orders=None, mask=None):
     """PCGrad written as task weights: `pcgrad(grads) = weights @ grads`.
 
     Every projected gradient `g_i^PC` stays in the span of the task gradients,
@@ -55,13 +55,23 @@ def pcgrad_weights(grads, seed=None, orders=None):
         seed: None, an int or a shape-(2,) int tensor for the random orders.
         orders: optional int (T, T) orders (see `pcgrad_task_orders`);
             overrides `seed`.
+        mask: optional (T,): tasks to include. The others get weight 0, are
+            never projected on, and their rows are never read (they may hold
+            NaN). The orders are drawn over all T tasks either way, so the
+            included tasks see the same relative orders as when the
+            excluded rows are zero.
 
     Returns:
-        A tensor (T,) of the input dtype.
+        A tensor (T,) of the input dtype: 1 for a single task, empty for
+        T = 0, all ones when d = 0 (nothing conflicts), all NaN when an
+        included row holds a NaN or inf.
     """
     grads = gramian_lib.as_gradient_matrix(grads)
-    num = tf.shape(grads)[0]
-    gram = gramian_lib.gramian(grads)
+    num = gramian_lib.num_rows(grads)
+    if isinstance(num, int) and num == 0:  # XLA cannot slice an empty order
+        return tf.zeros([0], grads.dtype)
+    clean, wanted, poisoned = gramian_lib.included_rows(grads, mask)
+    gram = gramian_lib.gramian(clean)
     if orders is None:
         orders = pcgrad_task_orders(num, seed)
     orders = tf.convert_to_tensor(orders, "int32")
@@ -83,10 +93,11 @@ def pcgrad_weights(grads, seed=None, orders=None):
         body,
         (tf.constant(0), tf.eye(num, dtype="float64")),
     )
-    return tf.cast(tf.reduce_sum(coef, axis=0), grads.dtype)
+    weights = tf.reduce_sum(coef, axis=0) * wanted
+    return tf.cast(gramian_lib.poison(weights, poisoned), grads.dtype)
 
 
-def pcgrad(grads, seed=None):
+def pcgrad(grads, seed=None, mask=None):
     """PCGrad's combined gradient (d,): the SUM of the projected gradients.
 
     For each task i (Algorithm 1 of the paper): `g_i^PC = g_i`; for the other
@@ -101,9 +112,12 @@ def pcgrad(grads, seed=None):
         seed: None (global TF generator), an int, or a shape-(2,) int tensor
             such as `(seed, step)`: the random task orders are then a
             deterministic function of it.
+        mask: optional (T,): tasks to include (see `pcgrad_weights`); the
+            others' rows are never read.
 
     Returns:
-        A tensor (d,) of the input dtype.
+        A tensor (d,) of the input dtype: the gradient itself for one task,
+        zeros for T = 0.
 
     Example:
 
@@ -115,5 +129,5 @@ def pcgrad(grads, seed=None):
         Multi-Task Learning". NeurIPS 2020.
     """
     grads = gramian_lib.as_gradient_matrix(grads)
-    weights = pcgrad_weights(grads, seed=seed)
-    return tf.linalg.matvec(grads, weights, transpose_a=True)
+    weights = pcgrad_weights(grads, seed=seed, mask=mask)
+    return gramian_lib.combine(grads, weights, mask)
