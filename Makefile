@@ -1,12 +1,13 @@
 # keras-mtl: two commands on a fresh machine.
 #   make demo   GradNorm toy experiments of Chen et al. 2018, section 4 -> runs/demo/report.md
 #   make test   the test suite (what CI runs)
+#   make demo-digits   every balancer on real digits (MultiDigits), 3 seeds -> runs/digits/report.md
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow benchmark install clean
+.PHONY: demo demo-digits test test-slow benchmark install clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +19,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m launch.demo --out_dir=runs/demo
+
+demo-digits: $(STAMP)
+	$(PY) -m launch.digits_demo --out_dir=runs/digits
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -78,6 +78,7 @@ FAMILIES = {
         "CELEBA_DIR = '{celeba}'", "celeba.batch_size = 2", "celeba.image_size = (32, 32)",
     ] + RESNET18_SMALL,
     "astmt_nyud_": ["NYUV2_DIR = '{nyuv2}'", "nyuv2.batch_size = 2"] + RESNET_FCN_SMALL,
+    "digits_": ["multidigits.num_examples = 8", "multidigits.batch_size = 4"],
 }
 RUN = ["train.steps = 2", "train.steps_per_epoch = 2"]
 
@@ -147,7 +148,9 @@ def test_paper_config_parses_and_builds(path, fixtures):
         # the readers' label dicts name exactly the model's tasks, with
         # label shapes the outputs can be scored against
         for key in ("train.train_data", "train.eval_data"):
-            x, y = next(iter(resolve(key)))
+            data = resolve(key)
+            data = data() if callable(data) else data  # a factory (`@train/multidigits`)
+            x, y = next(iter(data))
             out = model(x)
             assert set(y) == set(model.task_names), (path, key, sorted(y))
             for task in model.task_names:

@@ -19,3 +19,5 @@ from keras_mtl.models.se_resnet import SEBottleneck
 from keras_mtl.models.se_resnet import SEResNetDeepLabEncoder
 from keras_mtl.models.se_resnet import astmt_deeplab
 from keras_mtl.models.se_resnet import shared_deeplab
+from keras_mtl.models.lenet import lenet_encoder
+from keras_mtl.models.lenet import lenet_multitask
