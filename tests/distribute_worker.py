@@ -78,7 +78,9 @@ def _masked(num_tasks=2):
 
 
 # Constructor arguments of registered balancers that need some.
-_ARGS = {"static": {"weights": [0.3, 0.7]}, "rlw": {"seed": 0}, "pcgrad": {"seed": 0}}
+_ARGS = {"static": {"weights": [0.3, 0.7]}, "rlw": {"seed": 0}, "pcgrad": {"seed": 0},
+         "graddrop": {"seed": 0}, "gradvac": {"seed": 0},
+         "stch": {"warmup_steps": 1, "nadir_steps": 2}}
 
 
 def _balancer(name):

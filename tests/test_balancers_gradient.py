@@ -33,6 +33,18 @@ BALANCERS = {
     "dwa": lambda: balancers.DWA(window=4),
     "gls": lambda: balancers.GLS(),
     "rlw": lambda: balancers.RLW(seed=0),
+    "upgrad": lambda: balancers.UPGrad(),
+    "upgrad_shared": lambda: balancers.UPGrad(mode="shared"),
+    "dualproj": lambda: balancers.DualProj(),
+    "cagrad": lambda: balancers.CAGrad(),
+    "nash_mtl": lambda: balancers.NashMTL(),
+    "aligned_mtl": lambda: balancers.AlignedMTL(),
+    "famo": lambda: balancers.FAMO(),
+    "fairgrad": lambda: balancers.FairGrad(),
+    "graddrop": lambda: balancers.GradDrop(seed=0),
+    "gradvac": lambda: balancers.GradVac(seed=0),
+    "stch": lambda: balancers.STCH(warmup_steps=8, nadir_steps=8),
+    "rlw_bernoulli": lambda: balancers.RLW(seed=0, distribution="bernoulli"),
 }
 
 
@@ -240,7 +252,9 @@ def test_fit_reduces_every_task_loss(name, tmp_path):
 
 
 # One XLA fit per registered balancer, plus the parameter-level path.
-XLA_FITS = ["imtl", "imtl_g", "imtl_l", "mgda_ub", "mgda_shared", "pcgrad", "dwa", "gls", "rlw"]
+# The other zoo ops compile under XLA in test_ops_zoo.py (cheaper than a fit).
+XLA_FITS = ["imtl", "imtl_g", "imtl_l", "mgda_ub", "mgda_shared", "pcgrad", "dwa", "gls", "rlw",
+            "upgrad", "famo"]
 
 
 @pytest.mark.parametrize("name", XLA_FITS)

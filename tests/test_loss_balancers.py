@@ -34,8 +34,13 @@ def test_static_weights_scale_the_network_gradient():
 
 
 def test_static_weights_validation():
-    with pytest.raises(ValueError, match="finite values >= 0"):
-        mtl.balancers.StaticWeights([1.0, -1.0])
+    for bad in ([1.0, -1.0], [float("nan"), 1.0], {"task_0": float("inf"), "task_1": 1.0}):
+        with pytest.raises(ValueError, match="finite values >= 0"):
+            mtl.balancers.StaticWeights(bad)
+    for zero in ([0, 0], [0.0], {"task_0": 0.0, "task_1": 0.0}, []):
+        with pytest.raises(ValueError, match="at least one weight > 0") as err:
+            mtl.balancers.StaticWeights(zero)
+        assert f"Received: weights={zero if isinstance(zero, dict) else [float(v) for v in zero]}" in str(err.value)
     model = toy_mlp(2)
     with pytest.raises(ValueError, match=r"Unknown: \['seg'\]"):
         model.compile(loss="mse", balancer=mtl.balancers.StaticWeights({"seg": 1.0, "task_0": 1.0}))

@@ -21,8 +21,16 @@ METHODS = {
     ),
     "mgda_closed_form": lambda g: ops.mgda_closed_form_weights(g),
     "pcgrad": lambda g: ops.pcgrad_weights(g, seed=(3, 4)),
+    "upgrad": lambda g: ops.upgrad_weights(g),
+    "dualproj": lambda g: ops.dualproj_weights(g),
+    "cagrad": lambda g: ops.cagrad_weights(g),
+    "nash_mtl": lambda g: ops.nash_mtl_weights(g),
+    "aligned_mtl": lambda g: ops.aligned_mtl_weights(g),
+    "fairgrad": lambda g: ops.fairgrad_weights(g),
+    "gradvac": lambda g: ops.gradvac_weights(
+        g, tf.fill([g.shape[0], g.shape[0]], 0.5), seed=(3, 4))[0],
 }
-ORDER_FREE = [m for m in METHODS if m != "pcgrad"]  # pcgrad: random order
+ORDER_FREE = [m for m in METHODS if m not in ("pcgrad", "gradvac")]  # random orders
 
 
 def _random(num_tasks, dim=24, seed=0):
@@ -86,13 +94,167 @@ def test_permutation_two_tasks(method):
 
 
 @pytest.mark.parametrize("case", ["random_t5", "random_t12"])
-@pytest.mark.parametrize("method", ["imtl_g", "mgda", "mgda_closed_form", "pcgrad"])
+@pytest.mark.parametrize(
+    "method",
+    ["imtl_g", "mgda", "mgda_closed_form", "pcgrad", "upgrad", "dualproj", "cagrad", "gradvac"],
+)
 def test_scaling_all_gradients_keeps_weights(method, case):
     grads = INPUTS[case]
     for c in (1e-6, 3.0, 1e6):
         np.testing.assert_allclose(
             _weights(method, c * grads), _weights(method, grads), rtol=1e-6
         )
+
+
+# --- edge cases: one task, no task, zero-dimensional and non-finite gradients ---
+# The methods below are checked; a new method joins by adding its values to
+# SINGLE_TASK_WEIGHT / ZERO_DIM_WEIGHTS and its masked form to MASKED.
+RUN_MODES = {
+    "eager": lambda f: f,
+    "function": lambda f: tf.function(f),
+    "xla": lambda f: tf.function(f, jit_compile=True),
+}
+# T = 1: the weight that makes `weights @ grads` the method's combined gradient
+# for g = (3, 4), ||g|| = 5: "l2" divides by ||g||, "loss+" by L ||g|| = 2 * 5.
+SINGLE_TASK_WEIGHT = {
+    "imtl_g": 1.0, "mgda": 1.0, "mgda_closed_form": 1.0, "pcgrad": 1.0,
+    "mgda_l2": 0.2, "mgda_loss+": 0.1,
+    # projections of g on its own dual cone: g; CAGrad: g0 + c ||g0|| g / ||g||;
+    # Nash-MTL: 25 a^2 = 1; FairGrad (alpha = 2): 25 w = w^(-1/2); Aligned: B = 1.
+    "upgrad": 1.0, "dualproj": 1.0, "cagrad": 1.4, "nash_mtl": 0.2, "aligned_mtl": 1.0,
+    "fairgrad": 25.0 ** (-2 / 3), "gradvac": 1.0,
+}
+# d = 0: every gradient is the zero vector; the weights of the ops of this file.
+ZERO_DIM_WEIGHTS = {
+    "imtl_g": 1 / 3, "mgda": 1 / 3, "mgda_closed_form": 1 / 3, "pcgrad": 1.0,
+    "mgda_l2": 0.0, "mgda_loss+": 0.0,  # normaliser ||g_t|| = 0 leaves 0
+    # zero rows constrain nothing and get 0; CAGrad keeps the mean
+    "upgrad": 0.0, "dualproj": 0.0, "cagrad": 1 / 3, "nash_mtl": 0.0, "aligned_mtl": 0.0,
+    "fairgrad": 0.0, "gradvac": 0.0,
+}
+
+
+# Each mode runs the shapes that once failed there (XLA compiles are slow):
+# T = 1 broke `tf.while_loop` shapes when traced, T = 0 an XLA slice, d = 0
+# the CPU `eigh` (a -inf row peak).
+EDGE_SHAPES = {
+    "eager": [(1, 2), (0, 4), (3, 0), (1, 0)],
+    "function": [(1, 2), (3, 0), (1, 0)],
+    "xla": [(1, 2), (0, 4)],
+}
+
+
+# "mgda_l2" shares the traced code of "mgda_loss+": eager only, to save time.
+@pytest.mark.parametrize(
+    "method, mode",
+    [(m, mode) for m in sorted(SINGLE_TASK_WEIGHT) for mode in sorted(RUN_MODES)
+     if mode == "eager" or m != "mgda_l2"],
+)
+def test_one_task_no_task_and_zero_dim(method, mode):
+    run = RUN_MODES[mode](METHODS[method])
+    for shape in EDGE_SHAPES[mode]:
+        grads = tf.constant([[3.0, 4.0]]) if shape == (1, 2) else tf.zeros(shape)
+        w = run(grads).numpy()
+        assert w.shape == shape[:1] and np.all(np.isfinite(w)), (shape, w)
+        if shape == (1, 2):
+            np.testing.assert_allclose(w, [SINGLE_TASK_WEIGHT[method]], rtol=1e-6)
+        elif shape == (3, 0):
+            np.testing.assert_allclose(w, ZERO_DIM_WEIGHTS[method], rtol=1e-6)
+        elif shape == (1, 0):  # one zero gradient: weight 1 or, normalised, 0
+            np.testing.assert_allclose(w, [min(1.0, 3 * ZERO_DIM_WEIGHTS[method])])
+
+
+@pytest.mark.parametrize("mode", ["eager", "xla"])
+def test_single_task_combined_gradient_is_the_gradient(mode):
+    g = tf.constant([[3.0, -1.0, 2.0]])
+    for combine in (lambda x: ops.pcgrad(x, seed=(1, 2)), ops.imtl_g):
+        np.testing.assert_array_equal(RUN_MODES[mode](combine)(g).numpy(), g.numpy()[0])
+    np.testing.assert_array_equal(RUN_MODES[mode](ops.pcgrad)(tf.zeros([0, 3])).numpy(), 0.0)
+
+
+def _losses_of(g):
+    """Loss 2 per task, NaN where the task's row is not finite."""
+    finite = tf.reduce_all(tf.math.is_finite(g), axis=1)
+    return tf.where(finite, tf.constant(2.0, g.dtype), tf.constant(np.nan, g.dtype))
+
+
+MASKED = {
+    "imtl_g": lambda g, m: ops.imtl_g_weights(g, mask=m),
+    "mgda": lambda g, m: ops.mgda_weights(g, mask=m),
+    "mgda_loss+": lambda g, m: ops.mgda_weights(
+        g, losses=_losses_of(g), normalization="loss+", mask=m
+    ),
+    "mgda_closed_form": lambda g, m: ops.mgda_closed_form_weights(g, mask=m),
+    "pcgrad": lambda g, m: ops.pcgrad_weights(g, seed=(3, 4), mask=m),
+    "imtl_g_combined": lambda g, m: ops.imtl_g(g, mask=m),
+    "pcgrad_combined": lambda g, m: ops.pcgrad(g, seed=(3, 4), mask=m),
+    "upgrad": lambda g, m: ops.upgrad_weights(g, mask=m),
+    "dualproj": lambda g, m: ops.dualproj_weights(g, mask=m),
+    "cagrad": lambda g, m: ops.cagrad_weights(g, mask=m),
+    "nash_mtl": lambda g, m: ops.nash_mtl_weights(g, mask=m),
+    "aligned_mtl": lambda g, m: ops.aligned_mtl_weights(g, mask=m),
+    "fairgrad": lambda g, m: ops.fairgrad_weights(g, mask=m),
+    "gradvac": lambda g, m: ops.gradvac_weights(
+        g, tf.fill([g.shape[0], g.shape[0]], 0.5), seed=(3, 4), mask=m)[0],
+    "upgrad_combined": lambda g, m: ops.upgrad(g, mask=m),
+}
+NON_FINITE_ROWS = {
+    "nan": [np.nan] * 5,
+    "inf": [1.0, np.inf, 0.0, 2.0, -1.0],
+    "mixed": [-np.inf, np.nan, np.inf, 0.0, 1e30],
+}
+
+
+@pytest.mark.parametrize(
+    "method, mode",
+    [(m, "eager") for m in sorted(MASKED)]
+    + [(m, "xla") for m in ("imtl_g", "mgda", "mgda_closed_form", "pcgrad_combined")],
+)
+def test_masked_non_finite_row_changes_nothing(method, mode):
+    """An excluded task's row is never read: NaN/inf there gives bitwise the
+    result of a zero row (tf.where, no NaN * 0)."""
+    run = RUN_MODES[mode](MASKED[method])
+    grads = _random(4, dim=5, seed=13)
+    mask = tf.constant([True, True, False, True])
+    for dtype in ("float32", "float64") if mode == "eager" else ("float64",):
+        zeroed = grads.copy()
+        zeroed[2] = 0.0
+        want = run(tf.constant(zeroed, dtype), mask).numpy()
+        assert np.all(np.isfinite(want)) and np.any(want != 0), want
+        for name, row in sorted(NON_FINITE_ROWS.items()):
+            bad = grads.copy()
+            bad[2] = row
+            got = run(tf.constant(bad, dtype), mask).numpy()
+            np.testing.assert_array_equal(got, want, err_msg=f"{name} {dtype}")
+
+
+@pytest.mark.parametrize("mode", ["eager", "function"])
+@pytest.mark.parametrize("method", sorted(MASKED))
+def test_included_non_finite_row_gives_nan_never_an_error(method, mode):
+    """A NaN/inf gradient of an included task must not crash `eigh`
+    ("Self-adjoint eigen decomposition was not successful"): all-NaN output,
+    which the caller's non-finite check sees."""
+    run = RUN_MODES[mode](MASKED[method])
+    for name, row in sorted(NON_FINITE_ROWS.items()):
+        bad = _random(4, dim=5, seed=13)
+        bad[1] = row
+        got = run(tf.constant(bad), tf.constant([True, True, False, True])).numpy()
+        assert np.all(np.isnan(got)), (name, got)
+
+
+def test_gramian_of_zero_dim_rows_is_zero():
+    cosines, norms = ops.normalized_gramian(tf.zeros([3, 0]))
+    np.testing.assert_array_equal(cosines.numpy(), np.zeros((3, 3)))
+    np.testing.assert_array_equal(norms.numpy(), np.zeros(3))
+
+
+def test_gls_absent_nan_loss_changes_nothing():
+    nan = float("nan")
+    assert ops.gls_loss([1.0, nan, 4.0], present=[1, 0, 1]).numpy() == 2.0
+    np.testing.assert_array_equal(
+        ops.gls_weights([1.0, nan, 4.0], present=[1, 0, 1]).numpy(),
+        ops.gls_weights([1.0, 0.0, 4.0], present=[1, 0, 1]).numpy(),
+    )
 
 
 # --- IMTL-G ------------------------------------------------------------------
@@ -385,4 +547,4 @@ def test_invalid_arguments_say_what_was_received():
     with pytest.raises(ValueError, match="losses"):
         ops.mgda_weights([[1.0, 0.0]], normalization="loss")
     with pytest.raises(ValueError, match="distribution"):
-        ops.rlw_weights(2, distribution="dirichlet")
+        ops.rlw_weights(2, distribution="cauchy")

@@ -12,19 +12,29 @@ from keras_mtl.balancers.base import LAYER_GRAD_NORMS
 from keras_mtl.balancers.base import LOSSES
 from keras_mtl.balancers.base import SHARED_GRADS
 from keras_mtl.balancers.base import Balancer
+from keras_mtl.balancers.aligned_mtl import AlignedMTL
+from keras_mtl.balancers.cagrad import CAGrad
+from keras_mtl.balancers.dualproj import DualProj
 from keras_mtl.balancers.equal import EqualWeights
 from keras_mtl.balancers.dwa import DWA
+from keras_mtl.balancers.famo import FAMO
+from keras_mtl.balancers.fairgrad import FairGrad
 from keras_mtl.balancers.gls import GLS
+from keras_mtl.balancers.graddrop import GradDrop
 from keras_mtl.balancers.gradnorm import GradNorm
+from keras_mtl.balancers.gradvac import GradVac
 from keras_mtl.balancers.imtl import IMTL
 from keras_mtl.balancers.imtl import IMTLG
 from keras_mtl.balancers.imtl import IMTLL
 from keras_mtl.balancers.imtl import GradientBalancer
 from keras_mtl.balancers.mgda import MGDA
+from keras_mtl.balancers.nash_mtl import NashMTL
 from keras_mtl.balancers.pcgrad import PCGrad
 from keras_mtl.balancers.rlw import RLW
 from keras_mtl.balancers.static import StaticWeights
+from keras_mtl.balancers.stch import STCH
 from keras_mtl.balancers.uncertainty import UncertaintyWeighting
+from keras_mtl.balancers.upgrad import UPGrad
 
 # Registered names -> classes. Names are lower-case, as users type them.
 ALL_BALANCERS = {
@@ -44,6 +54,18 @@ ALL_BALANCERS = {
     "dwa": DWA,
     "gls": GLS,
     "rlw": RLW,
+    "upgrad": UPGrad,
+    "dualproj": DualProj,
+    "cagrad": CAGrad,
+    "nash_mtl": NashMTL,
+    "nashmtl": NashMTL,
+    "aligned_mtl": AlignedMTL,
+    "alignedmtl": AlignedMTL,
+    "famo": FAMO,
+    "fairgrad": FairGrad,
+    "graddrop": GradDrop,
+    "gradvac": GradVac,
+    "stch": STCH,
 }
 
 

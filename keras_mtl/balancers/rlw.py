@@ -6,20 +6,26 @@ import tensorflow as tf
 from keras_mtl import ops
 from keras_mtl.balancers.base import Balancer
 from keras_mtl.balancers.pcgrad import resolve_seed
-from keras_mtl.ops.rlw import DISTRIBUTIONS
+from keras_mtl.ops.rlw import check_distribution
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
 class RLW(Balancer):
-    """Random loss weighting: L = sum_t w_t L_t with w = softmax(z), z fresh each step.
+    """Random loss weighting: L = sum_t w_t L_t with random weights drawn each step.
 
-    `z ~ N(0, I)` by default (the paper's recommended variant). The draw is
-    stateless, seeded by `(seed, step)`, so replicas and resumed runs agree.
-    Absent tasks get weight 0; the weights of the present tasks sum to 1.
+    `w = softmax(z)`, `z ~ N(0, I)` by default (the paper's recommended
+    variant); the paper's other samplings are `"uniform"` (softmax of
+    U(0, 1)), `"dirichlet"` (uniform on the simplex), `"bernoulli"` (each task
+    kept with probability 1/2, equal weights on the kept ones) and
+    `"constrained_bernoulli"` (one random task per step); see
+    `keras_mtl.ops.rlw_weights`. The draw is stateless, seeded by
+    `(seed, step)`, so replicas and resumed runs agree. Absent tasks get
+    weight 0; the weights of the present tasks sum to 1.
 
     Args:
         seed: int seed. Defaults to a random one, stored in the config.
-        distribution: `"normal"` (default) or `"uniform"`.
+        distribution: `"normal"` (default), `"uniform"`, `"dirichlet"`,
+            `"bernoulli"` or `"constrained_bernoulli"`.
 
     Example:
 
@@ -33,11 +39,7 @@ class RLW(Balancer):
 
     def __init__(self, seed=None, distribution="normal", name=None, **kwargs):
         super().__init__(name=name, **kwargs)
-        if distribution not in DISTRIBUTIONS:
-            raise ValueError(
-                "Invalid value received for argument `distribution`. Expected "
-                f"one of {DISTRIBUTIONS}. Received: distribution={distribution!r}"
-            )
+        check_distribution(distribution)
         self.seed = resolve_seed(seed)
         self.distribution = distribution
 

@@ -41,6 +41,9 @@ def _candidates(num_tasks):
         ("gls", "loss", b.GLS),
         ("rlw", "loss", lambda: b.RLW(seed=0)),
         ("gradnorm", "last shared kernel", b.GradNorm),
+        ("famo", "loss", b.FAMO),
+        ("stch", "loss", b.STCH),
+        ("rlw (dirichlet)", "loss", lambda: b.RLW(seed=0, distribution="dirichlet")),
     ]
     gradient = [
         ("imtl_g", lambda m: b.IMTLG(mode=m)),
@@ -49,6 +52,14 @@ def _candidates(num_tasks):
         ("mgda (loss+)", lambda m: b.MGDA(mode=m, normalization="loss+")),
         ("mgda (closed form)", lambda m: b.MGDA(mode=m, solver="closed_form")),
         ("pcgrad", lambda m: b.PCGrad(mode=m, seed=0)),
+        ("upgrad", lambda m: b.UPGrad(mode=m)),
+        ("dualproj", lambda m: b.DualProj(mode=m)),
+        ("cagrad", lambda m: b.CAGrad(mode=m)),
+        ("nash_mtl", lambda m: b.NashMTL(mode=m)),
+        ("aligned_mtl", lambda m: b.AlignedMTL(mode=m)),
+        ("fairgrad", lambda m: b.FairGrad(mode=m)),
+        ("gradvac", lambda m: b.GradVac(mode=m, seed=0)),
+        ("graddrop", lambda m: b.GradDrop(mode=m, seed=0)),
     ]
     for mode, level in (("features", "features"), ("shared", "parameters")):
         rows += [(name, level, lambda f=f, mode=mode: f(mode)) for name, f in gradient]
