@@ -130,8 +130,6 @@ def prepare(model, strategy=None):
     if model.compiled and model.jit_compile:
         if not resolve_jit_compile(True, strategy):
             model.jit_compile = False
-            if getattr(model, "balancer", None) is not None:
-                model.balancer._xla = False
             model.make_train_function(force=True)
     return model
 
@@ -238,15 +236,11 @@ def fit(model, dataset, strategy=None, epochs=1, steps_per_epoch=None,
     ...     model = keras_mtl.models.toy_mlp(2); model.compile(loss="mse")
     >>> keras_mtl.distribute.fit(model, train_ds, strategy, epochs=3)
     """
+    from keras_mtl import training
+
     strategy = strategy or tf.distribute.get_strategy()
-    if not model.compiled:
-        raise ValueError("`fit` needs a compiled model: call `model.compile` first.")
+    training.prepare(model, dataset, strategy)
     prepare(model, strategy)
-    with strategy.scope():
-        if not model.built:
-            model._build_from(dataset)
-        if not model.optimizer.built:
-            model._build_optimizers()
     if steps_per_epoch is None:
         cardinality = int(dataset.cardinality())
         if cardinality < 0:
@@ -263,7 +257,7 @@ def fit(model, dataset, strategy=None, epochs=1, steps_per_epoch=None,
     dataset = dataset.with_options(options)
     history = keras.callbacks.History()
     callback_list = keras.callbacks.CallbackList(
-        list(callbacks or []) + [history],
+        list(callbacks or []) + [training.StepGuard(), history],
         add_history=False,
         add_progbar=False,
         model=model,

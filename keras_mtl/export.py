@@ -75,7 +75,13 @@ def saved_model(model, export_dir, input_signature=None, verbose=False):
         )
     signature = _input_signature(model, input_signature)
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    # The network only: encoder and heads. Tracking the whole model would
+    # also carry the balancer's state and the discriminator's variables,
+    # which no signature uses.
+    archive.track(model.encoder)
+    for head in model.heads.values():
+        if isinstance(head, keras.layers.Layer):
+            archive.track(head)
 
     def serve(inputs):
         return model(inputs, training=False)

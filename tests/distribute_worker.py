@@ -39,14 +39,29 @@ def _setup_two_cpus():
     )
 
 
-def _toy_data(batch=GLOBAL_BATCH, steps=STEPS, num_tasks=2, seed=0):
+def _toy_data(batch=GLOBAL_BATCH, steps=STEPS, num_tasks=2, seed=0, poison=False):
     from keras_mtl.data.toy import toy_datasets
 
     sigmas = (1.0, 100.0, 10.0)[:num_tasks]
     train, _, _ = toy_datasets(sigmas=sigmas, train_size=batch * steps,
                                test_size=batch, batch_size=batch, seed=seed,
                                shuffle=False)
-    return train
+    if not poison:
+        return train
+    import numpy as np
+    import tensorflow as tf
+
+    # Batch 1: a NaN label of task_1 in the second replica's half; batch 2: a
+    # NaN input row in the first replica's half.
+    xs, ys = [], {}
+    for x, y in train.as_numpy_iterator():
+        xs.append(x.copy())
+        for k, v in y.items():
+            ys.setdefault(k, []).append(v.copy())
+    ys["task_1"][1][batch - 3, 0] = np.nan
+    xs[2][2, :] = np.nan
+    return tf.data.Dataset.from_tensor_slices(
+        (np.concatenate(xs), {k: np.concatenate(v) for k, v in ys.items()})).batch(batch)
 
 
 def _mlp(num_tasks=2):
@@ -106,11 +121,13 @@ def build(case, strategy=None, jit_compile=False):
 
     keras.utils.set_random_seed(0)
     strategy = strategy or tf.distribute.get_strategy()
+    name, poisoned = case.removesuffix("+nan"), case.endswith("+nan")
     with strategy.scope():
-        model = _masked() if case == "masked" else _mlp()
+        model = _masked() if name == "masked" else _mlp()
         model(np.zeros((1, 250), "float32"))
         model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE), loss="mse",
-                      balancer=_balancer(case), jit_compile=jit_compile)
+                      balancer=_balancer(name), jit_compile=jit_compile,
+                      nonfinite="skip" if poisoned else "raise")
     return model
 
 
@@ -129,7 +146,7 @@ def state(model):
 def _callbacks(case):
     import keras_mtl
 
-    if case == "masked":
+    if case.startswith("masked"):
         return [keras_mtl.callbacks.MaximumRoaming(update_every=2)]
     return []
 
@@ -165,9 +182,12 @@ def mirrored(cases):
     # devices in one process reuse collective keys and clash.
     strategy = tf.distribute.MirroredStrategy(devices)
     for case in cases:
-        data = _toy_data()
+        data = _toy_data(poison=case.endswith("+nan"))
         single = build(case)
         changed_from = state(single)
+        import warnings
+
+        warnings.simplefilter("ignore", RuntimeWarning)  # the poisoned cases' reports
         h_single = single.fit(data, epochs=1, verbose=0, callbacks=_callbacks(case))
         s_single = state(single)
         mirrored_model = build(case, strategy)
@@ -179,6 +199,10 @@ def mirrored(cases):
             mirrored_model.balancer.task_weights()).tolist()
         entry["iterations"] = [int(single.optimizer.iterations.numpy()),
                                int(mirrored_model.optimizer.iterations.numpy())]
+        entry["nonfinite"] = [single.nonfinite_counts.numpy().tolist(),
+                              mirrored_model.nonfinite_counts.numpy().tolist()]
+        entry["skipped"] = [int(single.skipped_steps.numpy()),
+                            int(mirrored_model.skipped_steps.numpy())]
         entry["moved"] = max(
             float(np.max(np.abs(s_single[k] - changed_from[k]))) for k in s_single
             if s_single[k].size and s_single[k].dtype.kind == "f"

@@ -52,10 +52,29 @@ def _run(args, timeout, env=None):
     return out
 
 
+POISONED = ["equal+nan", "gradnorm+nan", "imtl+nan", "masked+nan"]
+
+
 @pytest.fixture(scope="module")
 def mirrored():
-    out = _run(["mirrored", "--cases", "equal,gradnorm,imtl,masked"], timeout=120)
+    cases = ["equal", "gradnorm", "imtl", "masked"] + POISONED
+    out = _run(["mirrored", "--cases", ",".join(cases)], timeout=300)
     return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", POISONED)
+def test_mirrored_transactional_step_equals_single_device(mirrored, case):
+    # A NaN label of task_1 on one replica excludes task_1 on both (step 2),
+    # a NaN input row on one replica skips the whole step on both (step 3),
+    # exactly as on one device.
+    r = mirrored[case]
+    assert "error" not in r, r.get("error")
+    assert r["max_diff"] < TOL, r
+    assert r["nonfinite"] == [[0, 1], [0, 1]]
+    assert r["skipped"] == [1, 1]
+    assert r["iterations"] == [3, 3]
+    assert r["replica_spread"] == 0.0
+    assert all(np.isfinite(w) for w in r["weights_mirrored"])
 
 
 @pytest.mark.parametrize("case", ["equal", "gradnorm", "imtl", "masked"])

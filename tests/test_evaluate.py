@@ -46,6 +46,7 @@ CASES = {
     "mr_cityscapes_": ("mr_cityscapes_base.gin", {"seg_*": SEG, "depth": DEPTH}, "pixel_accuracy"),
     "mr_nyuv2_": ("mr_nyuv2_base.gin", {"seg_*": SEG, "depth": DEPTH, "normal": NORMAL},
                   "abs_error"),
+    "digits_": ("digits_base.gin", {"*": CLASSIFIER}, "accuracy"),
     "astmt_nyud_": ("astmt_nyud_sea.gin", {"seg": SEG, "normal": NORMAL, "depth": DEPTH | {"rmse"}},
                     "pixel_accuracy"),
 }

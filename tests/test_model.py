@@ -171,7 +171,10 @@ class _NaNAfter(keras.losses.Loss):
     def call(self, y_true, y_pred):
         self.calls.assign_add(1)
         mse = tf.reduce_mean(tf.square(y_true - y_pred), axis=-1)
-        return tf.where(self.calls > self.after, mse * np.nan, mse)
+        # NaN added, not multiplied: before `after` the loss and its gradient
+        # are finite (0 * NaN in a where's other branch would make the
+        # gradient NaN, which the step rightly treats as non-finite too).
+        return mse + tf.where(self.calls > self.after, np.nan, 0.0)
 
 
 def test_nan_loss_raises_naming_the_task_and_does_not_poison_weights():
@@ -218,3 +221,26 @@ def test_keras_save_load_round_trip_keeps_balancer_state(tmp_path):
     loaded.fit(x[:16], {k: v[:16] for k, v in y.items()}, epochs=1, verbose=0, shuffle=False)
     np.testing.assert_allclose(model.balancer.task_weights(), loaded.balancer.task_weights(),
                                rtol=1e-6)
+
+
+def test_accuracy_resolves_from_each_tasks_loss_like_a_keras_model():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 6)).astype("float32")
+    y = {"cls": rng.integers(0, 3, size=(64,)).astype("int32"),
+         "bin": (x[:, :1] > 0).astype("float32")}
+    keras.utils.set_random_seed(0)
+    model = mtl.MultiTaskModel(keras.layers.Dense(8, activation="relu"),
+                               {"cls": keras.layers.Dense(3), "bin": keras.layers.Dense(1)})
+    model.compile(optimizer="adam",
+                  loss={"cls": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                        "bin": keras.losses.BinaryCrossentropy(from_logits=True)},
+                  metrics={"cls": ["accuracy"], "bin": ["acc"]})
+    assert isinstance(model.task_metrics["cls"][0], keras.metrics.SparseCategoricalAccuracy)
+    assert isinstance(model.task_metrics["bin"][0], keras.metrics.BinaryAccuracy)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    logs = model.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
+    out = model.predict(x, verbose=0)
+    expected_cls = np.mean(np.argmax(out["cls"], -1) == y["cls"])
+    expected_bin = np.mean((out["bin"] > 0.5).astype("float32") == y["bin"])
+    assert logs["cls_accuracy"] == pytest.approx(expected_cls, abs=1e-6)
+    assert logs["bin_accuracy"] == pytest.approx(expected_bin, abs=1e-6)

@@ -49,7 +49,7 @@ def test_encoder_modes():
     folded, task = fold_tasks(x, 2)
     z = dec_only(folded, task=task, training=False).numpy()
     assert not any(b.task_conditioned for b in dec_only.blocks)
-    owners = [l.name for l in task_conditioned_layers(dec_only) if hasattr(l, "task_variables")]
+    owners = [l.name for l in task_conditioned_layers(dec_only) if l.task_variables(0)]
     assert owners and all(n.startswith(("decoder", "low_level")) for n in owners), owners
     assert np.abs(z[:2] - z[2:]).max() > 1e-4  # the task changes the features
     # Task SE everywhere: every block is task-conditioned.

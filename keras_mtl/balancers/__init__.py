@@ -12,6 +12,8 @@ from keras_mtl.balancers.base import LAYER_GRAD_NORMS
 from keras_mtl.balancers.base import LOSSES
 from keras_mtl.balancers.base import SHARED_GRADS
 from keras_mtl.balancers.base import Balancer
+from keras_mtl.balancers.base import BalancerWarning
+from keras_mtl.balancers.base import GradientBalancer
 from keras_mtl.balancers.aligned_mtl import AlignedMTL
 from keras_mtl.balancers.cagrad import CAGrad
 from keras_mtl.balancers.dualproj import DualProj
@@ -26,7 +28,6 @@ from keras_mtl.balancers.gradvac import GradVac
 from keras_mtl.balancers.imtl import IMTL
 from keras_mtl.balancers.imtl import IMTLG
 from keras_mtl.balancers.imtl import IMTLL
-from keras_mtl.balancers.imtl import GradientBalancer
 from keras_mtl.balancers.mgda import MGDA
 from keras_mtl.balancers.nash_mtl import NashMTL
 from keras_mtl.balancers.pcgrad import PCGrad

@@ -1,6 +1,6 @@
 """The balancer interface: how a multi-task train step turns T losses into one update."""
 
-import sys
+import random
 
 import keras
 import tensorflow as tf
@@ -27,33 +27,37 @@ class Balancer(keras.layers.Layer):
     `MultiTaskModel.compile(balancer=...)` builds it once the task names are
     known.
 
-    The train step talks to a balancer through four methods:
+    `requires` says what the train step computes for it (`LOSSES`,
+    `LAYER_GRAD_NORMS`, `FEATURE_GRADS` or `SHARED_GRADS`); the engine
+    (`keras_mtl.training`) has one gradient function per requirement and
+    talks to the balancer through these methods:
 
-    - `combine(losses, present)`: the scalar loss whose gradient trains the
-      task-specific parameters (heads) and, for `requires == LOSSES` and
-      `LAYER_GRAD_NORMS`, the shared ones as well. The default is
-      `sum_t w_t * L_t` over present tasks with `w = task_weights()`.
-      It may depend on the balancer's own learned variables (listed by
-      `learned_variables`): the train step differentiates `combine` w.r.t.
-      them too and hands the result to `apply_learned_gradients`.
-    - `gradient_losses(losses)`: the per-task losses whose gradients form the
-      rows of the gradient matrix G (gradient balancers only). Defaults to
-      `losses`.
-    - `aggregate(grads, losses, present)`: for `FEATURE_GRADS` and
-      `SHARED_GRADS`, map G (T x d) to the combined shared gradient (d,).
-    - `update(losses, present, grad_norms=None)`: the balancer's own state
-      update after the network's gradients are taken (GradNorm's weight
-      step, DWA's loss history, counters). Runs once per train step.
+    - `combine(losses, present)`: the scalar whose derivatives d/dL_t weigh
+      the task gradients of the task-specific parameters (heads) and, for
+      `LOSSES` and `LAYER_GRAD_NORMS`, of the shared ones as well. The
+      default is `sum_t w_t * L_t` over present tasks with
+      `w = task_weights()`. It may depend on the balancer's `learned_variables`:
+      the step differentiates `combine` w.r.t. them and hands the result to
+      `apply_learned_gradients`.
+    - `record_grad_norms(norms)` (`LAYER_GRAD_NORMS`): the per-task norms
+      ||dL_t/dW|| at the balancer's `find_kernel(encoder)`.
+    - `aggregate(grads, losses, present)` (`FEATURE_GRADS`, `SHARED_GRADS`):
+      maps the task-gradient matrix G (T x d) to the shared direction (d,).
+    - `update(losses, present)`: the balancer's own state update, once per
+      step, after the network's gradients are taken.
 
     `losses` is a float32 vector (T,) of per-task mean losses, `present` a
-    float32 vector (T,) of 1.0 for the tasks labelled in the batch and 0.0
-    for the others (a missing task's loss is 0 and must not move the state).
+    float32 vector (T,) of 1.0 for the tasks that take part in the step and
+    0.0 for the others (absent, unlabelled, or excluded for a non-finite
+    value: their loss is 0 and must not move the state). The step is
+    transactional: if any value it produced is not finite, the balancer's
+    variables and its optimizer's are restored as they were.
 
     Args:
-        optimizer: optimizer for the balancer's learned variables (GradNorm's
-            w_i, uncertainty log-variances, IMTL-L scales). A string, config
-            or instance, resolved with `keras.optimizers.get`. Defaults to
-            each balancer's paper value.
+        optimizer: optimizer of the balancer's `optimized_variables`
+            (GradNorm's w_i, uncertainty log-variances, IMTL-L scales). A
+            string, config or instance, resolved with `keras.optimizers.get`.
+            Defaults to each balancer's paper value.
         name: layer name.
     """
 
@@ -81,11 +85,11 @@ class Balancer(keras.layers.Layer):
 
         self._optimizer_config = in_current_scope(self._optimizer_config)
         self.build_state(self.num_tasks)
-        if self.learned_variables:
+        if self.optimized_variables:
             self.optimizer = keras.optimizers.get(
                 self._optimizer_config or self.default_optimizer()
             )
-            self.optimizer.build(self.learned_variables)
+            self.optimizer.build(self.optimized_variables)
         self.built = True
 
     def build_state(self, num_tasks):
@@ -116,6 +120,18 @@ class Balancer(keras.layers.Layer):
         """Variables that `combine` is differentiated against (override)."""
         return []
 
+    @property
+    def optimized_variables(self):
+        """Variables stepped by the balancer's optimizer (override to add more)."""
+        return self.learned_variables
+
+    def state_variables(self):
+        """Every variable of the balancer's state and of its optimizer."""
+        variables = list(self.variables)
+        if self.optimizer is not None:
+            variables += list(self.optimizer.variables)
+        return variables
+
     # --- the step ---------------------------------------------------------
     def task_weights(self):
         """Current task weights (T,), reported as `<task>_weight` metrics."""
@@ -125,24 +141,26 @@ class Balancer(keras.layers.Layer):
         w = tf.convert_to_tensor(self.task_weights())
         return tf.reduce_sum(w * losses * present)
 
-    def gradient_losses(self, losses):
-        return losses
-
     def aggregate(self, grads, losses, present):
         raise NotImplementedError(
             f"{type(self).__name__} declares requires={self.requires!r} but "
             "implements no `aggregate`."
         )
 
-    def update(self, losses, present, grad_norms=None):
+    def record_grad_norms(self, norms):
+        raise NotImplementedError(
+            f"{type(self).__name__} declares requires={self.requires!r} but "
+            "implements no `record_grad_norms`."
+        )
+
+    def update(self, losses, present):
         """State update after the step (override). Must return nothing."""
 
     def apply_learned_gradients(self, grads):
         """Applies d combine / d learned_variables with the balancer optimizer."""
-        self.apply_balancer_gradients(grads, self.learned_variables)
-        self.after_learned_update()
+        self.optimizer_step(grads, self.learned_variables)
 
-    def apply_balancer_gradients(self, grads, variables):
+    def optimizer_step(self, grads, variables):
         """Steps the balancer's optimizer on its own variables.
 
         Gradients given here are computed from values already reduced across
@@ -154,22 +172,15 @@ class Balancer(keras.layers.Layer):
             grads = [g / replicas for g in grads]
         self.optimizer.apply(grads, variables)
 
-    def warn_if(self, condition, message, *values):
-        """Prints a warning to stderr from inside the compiled train step.
+    def warnings(self):
+        """`[(counter_variable, message)]`: events the fit loop reports.
 
-        Skipped under XLA (`jit_compile=True`), where host prints cannot be
-        compiled; balancers also count such events in a state variable.
+        A balancer counts a noteworthy event (e.g. GradNorm flooring its
+        weights) in an int64 state variable; `keras_mtl.training.StepGuard`
+        turns each increase into a Python `BalancerWarning`, which warning
+        filters can silence (nothing is printed from inside the graph).
         """
-        if getattr(self, "_xla", False):
-            return
-        tf.cond(
-            condition,
-            lambda: _print_true(message, *values),
-            lambda: tf.constant(False),
-        )
-
-    def after_learned_update(self):
-        """Hook run after the learned variables move (projection, renorm)."""
+        return []
 
     # --- Keras plumbing ---------------------------------------------------
     def call(self, losses):
@@ -177,6 +188,10 @@ class Balancer(keras.layers.Layer):
             "A balancer is not called like a layer: pass it to "
             "`MultiTaskModel.compile(balancer=...)`."
         )
+
+    def compute_output_shape(self, *args, **kwargs):
+        """(T,): what a balancer produces per step, its task weights (for summaries)."""
+        return (self.num_tasks,) if self.task_names else (None,)
 
     def get_config(self):
         config = super().get_config()
@@ -199,11 +214,101 @@ class Balancer(keras.layers.Layer):
         return f"{type(self).__name__}({args})"
 
 
-def _print_true(message, *values):
-    with tf.control_dependencies(
-        [tf.print(message, *values, output_stream=sys.stderr)]
-    ):
-        return tf.constant(True)
+class BalancerWarning(UserWarning):
+    """A balancer event worth a user's attention (see `Balancer.warnings`)."""
+
+
+MODES = {"features": FEATURE_GRADS, "shared": SHARED_GRADS}
+
+
+class GradientBalancer(Balancer):
+    """Base of the balancers that map the task-gradient matrix G to one gradient.
+
+    `mode="features"` asks the train step for feature-level gradients
+    `dL_t/dz` at the shared representation z (one backward pass of each head,
+    then one pass of the combined gradient through the trunk);
+    `mode="shared"` for the gradients w.r.t. every shared parameter (T
+    backward passes through the trunk: the "exact" variants). Task-specific
+    parameters (heads) train on their own raw loss, `combine = sum_t L_t`,
+    as in the papers' algorithms. The weights of the last step are kept in a
+    state variable and reported as `<task>_weight`.
+
+    Subclasses implement `gradient_weights(grads, losses, present) -> (T,)`
+    or override `aggregate` for directions that are not a weighting of G.
+
+    Args:
+        mode: `"features"` (default) or `"shared"`.
+    """
+
+    def __init__(self, mode="features", optimizer=None, name=None, **kwargs):
+        super().__init__(optimizer=optimizer, name=name, **kwargs)
+        if mode not in MODES:
+            raise ValueError(
+                "Invalid value received for argument `mode`. Expected one of "
+                f"{sorted(MODES)}. Received: mode={mode!r}"
+            )
+        self.mode = mode
+        self.requires = MODES[mode]
+
+    def build_state(self, num_tasks):
+        self.last_weights = self.add_state(
+            "last_weights", (num_tasks,), initializer="ones"
+        )
+
+    def task_weights(self):
+        return tf.convert_to_tensor(self.last_weights)
+
+    def combine(self, losses, present):
+        return tf.reduce_sum(losses * present)
+
+    def gradient_weights(self, grads, losses, present):
+        raise NotImplementedError(
+            f"{type(self).__name__} implements neither `gradient_weights` nor "
+            "`aggregate`."
+        )
+
+    def aggregate(self, grads, losses, present):
+        grads = tf.convert_to_tensor(grads)
+        weights = tf.cast(self.gradient_weights(grads, losses, present), grads.dtype)
+        self.last_weights.assign(self.reported_weights(weights))
+        return tf.linalg.matvec(grads, weights, transpose_a=True)
+
+    def reported_weights(self, weights):
+        """The weights on the raw losses reported as metrics (override)."""
+        return tf.cast(weights, "float32")
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+def resolve_seed(seed):
+    """A Python int seed; None draws one (kept in the config for replays)."""
+    if seed is None:
+        return random.SystemRandom().randrange(2**31)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(
+            "Invalid value received for argument `seed`. Expected None or an "
+            f"integer. Received: seed={seed!r}"
+        )
+    return seed
+
+
+class SeededMixin:
+    """Per-step stateless randomness for a balancer: seed `(seed, step)`.
+
+    The step counter is balancer state, so every replica of a distributed
+    step and every resumed run draws the same numbers. Call
+    `build_step_counter()` from `build_state` and `advance()` from `update`.
+    """
+
+    def build_step_counter(self):
+        self.step = self.add_state("step", (), dtype="int64")
+
+    def step_seed(self):
+        return tf.stack([tf.constant(self.seed, "int64"), tf.convert_to_tensor(self.step)])
+
+    def advance(self):
+        self.step.assign_add(1)
 
 
 def check_positive(name, value, allow_zero=True):

@@ -3,7 +3,7 @@
 import keras
 
 from keras_mtl import ops
-from keras_mtl.balancers.imtl import GradientBalancer
+from keras_mtl.balancers.base import GradientBalancer
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")

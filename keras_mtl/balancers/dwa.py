@@ -59,7 +59,7 @@ class DWA(Balancer):
     def task_weights(self):
         return tf.convert_to_tensor(self.weight_values)
 
-    def update(self, losses, present, grad_norms=None):
+    def update(self, losses, present):
         sums = self.loss_sums + losses * present
         counts = self.loss_counts + present
         step = self.window_step + 1

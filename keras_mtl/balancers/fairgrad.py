@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from keras_mtl import ops
 from keras_mtl.balancers.base import check_positive
-from keras_mtl.balancers.imtl import GradientBalancer
+from keras_mtl.balancers.base import GradientBalancer
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")

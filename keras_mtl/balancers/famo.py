@@ -57,10 +57,10 @@ class FAMO(Balancer):
             "last_weights", (num_tasks,),
             initializer=keras.initializers.Constant(1.0 / num_tasks),
         )
-        self.optimizer = keras.optimizers.get(
-            self._optimizer_config or self.default_optimizer()
-        )
-        self.optimizer.build([self.logits])
+
+    @property
+    def optimized_variables(self):
+        return [self.logits]
 
     def task_weights(self):
         return tf.convert_to_tensor(self.last_weights)
@@ -74,14 +74,14 @@ class FAMO(Balancer):
         # sum_t w_t L_t has the gradient of sum_t z_t log(L_t + eps) / c.
         return tf.reduce_sum(self._weights(losses, present) * losses * present)
 
-    def update(self, losses, present, **kwargs):
+    def update(self, losses, present):
         self.last_weights.assign(self._weights(losses, present))  # this step's
         both = present * self.previous_present
         old = tf.convert_to_tensor(self.logits)
         grad = ops.famo_logit_gradient(
             old, self.previous_losses, losses, both, self.gamma, self.epsilon
         )
-        self.apply_balancer_gradients([grad], [self.logits])
+        self.optimizer_step([grad], [self.logits])
         # An optimizer's momentum must not move the logit of an absent task.
         self.logits.assign(tf.where(both > 0, self.logits, old))
         self.previous_losses.assign(tf.where(present > 0, losses, self.previous_losses))

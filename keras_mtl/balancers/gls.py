@@ -37,5 +37,5 @@ class GLS(Balancer):
     def combine(self, losses, present):
         return ops.gls_loss(losses, present)
 
-    def update(self, losses, present, grad_norms=None):
+    def update(self, losses, present):
         self.last_weights.assign(ops.gls_weights(losses, present))

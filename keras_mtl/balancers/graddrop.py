@@ -4,12 +4,13 @@ import keras
 import tensorflow as tf
 
 from keras_mtl import ops
-from keras_mtl.balancers.imtl import GradientBalancer
-from keras_mtl.balancers.pcgrad import resolve_seed
+from keras_mtl.balancers.base import GradientBalancer
+from keras_mtl.balancers.base import SeededMixin
+from keras_mtl.balancers.base import resolve_seed
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
-class GradDrop(GradientBalancer):
+class GradDrop(SeededMixin, GradientBalancer):
     """GradDrop: keep one gradient sign per coordinate of the shared activation.
 
     Each step, per coordinate of the feature-level gradients, the positive
@@ -50,16 +51,16 @@ class GradDrop(GradientBalancer):
 
     def build_state(self, num_tasks):
         super().build_state(num_tasks)
-        self.step = self.add_state("step", (), dtype="int64")
+        self.build_step_counter()
 
     def aggregate(self, grads, losses, present):
         grads = tf.convert_to_tensor(grads)
-        seed = tf.stack([tf.constant(self.seed, "int64"), tf.convert_to_tensor(self.step)])
+        seed = self.step_seed()
         direction, kept = ops.graddrop(
             grads, seed=seed, leak=self.leak, mask=present, return_kept=True
         )
         self.last_weights.assign(kept * tf.cast(present, "float32"))
-        self.step.assign_add(1)
+        self.advance()
         return direction
 
     def get_config(self):

@@ -5,6 +5,7 @@ import math
 import keras
 import tensorflow as tf
 
+from keras_mtl._keras_compat import flatten_layers
 from keras_mtl.balancers.base import LAYER_GRAD_NORMS
 from keras_mtl.balancers.base import Balancer
 from keras_mtl.balancers.base import check_positive
@@ -47,8 +48,9 @@ class GradNorm(Balancer):
     layer, never T passes through the trunk.
 
     Weights that the update would drive to or below `min_weight` are floored
-    at `min_weight` before the renormalisation, with a warning printed and
-    counted in `num_floored` (a negative weight would train the network to
+    at `min_weight` before the renormalisation, counted in `num_floored` and
+    reported by `fit` as a `keras_mtl.balancers.BalancerWarning` (a negative
+    weight would train the network to
     make that task worse; the paper notes instability at large alpha).
 
     Args:
@@ -161,10 +163,41 @@ class GradNorm(Balancer):
         )
         self.grad_norm_values = self.add_state("grad_norms", (num_tasks,))
         self.num_floored = self.add_state("num_floored", (), dtype="int64")
-        self.optimizer = keras.optimizers.get(
-            self._optimizer_config or self.default_optimizer()
-        )
-        self.optimizer.build([self.task_weight_values])
+        self.layer_norms = self.add_state("layer_norms", (num_tasks,))
+
+    @property
+    def optimized_variables(self):
+        return [self.task_weight_values]
+
+    def find_kernel(self, encoder):
+        """The kernel W: of the layer named `layer`, else the encoder's last one."""
+        layers = flatten_layers(encoder)
+        candidates = [
+            l for l in layers
+            if isinstance(getattr(l, "kernel", None), keras.Variable) and l.kernel.trainable
+        ]
+        if self.layer is not None:
+            candidates = [l for l in candidates if l.name == self.layer]
+            if not candidates:
+                raise ValueError(
+                    f"GradNorm layer='{self.layer}' matches no shared layer with a "
+                    "kernel in the encoder."
+                )
+        if not candidates:
+            raise ValueError(
+                "GradNorm needs a shared layer with a `kernel` in the encoder; "
+                "found none."
+            )
+        return candidates[-1].kernel
+
+    def record_grad_norms(self, norms):
+        """The unweighted per-task norms ||grad_W L_i|| of this step."""
+        self.layer_norms.assign(norms)
+
+    def warnings(self):
+        return [(self.num_floored,
+                 "GradNorm floored task weights at min_weight: alpha may be too "
+                 "large (GradNorm.num_floored counts the floored updates).")]
 
     def task_weights(self):
         return tf.convert_to_tensor(self.task_weight_values)
@@ -199,9 +232,8 @@ class GradNorm(Balancer):
         g, target = self.target_norms(losses, present, norms)
         return tf.sign(g - target) * norms * present
 
-    def update(self, losses, present, grad_norms=None):
-        if grad_norms is None:
-            raise ValueError("GradNorm.update needs the per-task `grad_norms`.")
+    def update(self, losses, present):
+        grad_norms = tf.convert_to_tensor(self.layer_norms)
         grad_w = self.weight_gradient(losses, present, grad_norms)
         # G_i = w_i(t) ||grad_W L_i||, kept for diagnostics and plots.
         self.grad_norm_values.assign(self.task_weights() * grad_norms)
@@ -211,19 +243,9 @@ class GradNorm(Balancer):
             first * losses + (1.0 - first) * self.initial_loss_values
         )
         self.has_initial_loss.assign(tf.maximum(self.has_initial_loss, present))
-        self.apply_balancer_gradients([grad_w], [self.task_weight_values])
+        self.optimizer_step([grad_w], [self.task_weight_values])
         w = tf.convert_to_tensor(self.task_weight_values)
-        floored = w < self.min_weight
-        any_floored = tf.reduce_any(floored)
-        self.num_floored.assign_add(tf.cast(any_floored, "int64"))
-        # Printed on the 1st, 101st, 201st, ... floored update.
-        self.warn_if(
-            tf.logical_and(any_floored, self.num_floored % 100 == 1),
-            "WARNING: GradNorm floored task weights at min_weight (alpha may "
-            "be too large; see GradNorm.num_floored for the count); weights "
-            "before the floor:",
-            w,
-        )
+        self.num_floored.assign_add(tf.cast(tf.reduce_any(w < self.min_weight), "int64"))
         w = tf.maximum(w, self.min_weight)
         self.task_weight_values.assign(w * (self.num_tasks / tf.reduce_sum(w)))
 

@@ -3,13 +3,14 @@
 import keras
 import tensorflow as tf
 
-from keras_mtl.balancers.imtl import GradientBalancer
-from keras_mtl.balancers.pcgrad import resolve_seed
+from keras_mtl.balancers.base import GradientBalancer
+from keras_mtl.balancers.base import SeededMixin
+from keras_mtl.balancers.base import resolve_seed
 from keras_mtl.ops.gradvac import gradvac_weights
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
-class GradVac(GradientBalancer):
+class GradVac(SeededMixin, GradientBalancer):
     """GradVac: raise each pair's gradient similarity to its running target, then sum.
 
     Each step, every task gradient is adjusted towards each other task's (in
@@ -54,17 +55,17 @@ class GradVac(GradientBalancer):
     def build_state(self, num_tasks):
         super().build_state(num_tasks)
         self.targets = self.add_state("similarity_targets", (num_tasks, num_tasks))
-        self.step = self.add_state("step", (), dtype="int64")
+        self.build_step_counter()
 
     def gradient_weights(self, grads, losses, present):
-        seed = tf.stack([tf.constant(self.seed, "int64"), tf.convert_to_tensor(self.step)])
+        seed = self.step_seed()
         weights, measured = gradvac_weights(grads, self.targets, seed=seed, mask=present)
         used = present * tf.cast(tf.reduce_any(grads != 0, axis=1), "float32")
         pairs = used[:, None] * used[None, :] * (1.0 - tf.eye(self.num_tasks))
         measured = tf.cast(measured, "float32")
         ema = (1.0 - self.beta) * self.targets + self.beta * measured
         self.targets.assign(tf.where(pairs > 0, ema, self.targets))
-        self.step.assign_add(1)
+        self.advance()
         return weights
 
     def get_config(self):

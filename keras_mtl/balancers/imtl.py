@@ -1,74 +1,32 @@
-"""IMTL balancers (Liu et al., ICLR 2021): IMTL-G, IMTL-L and the hybrid IMTL.
-
-Also home of `GradientBalancer`, the small base shared by the balancers that
-combine task gradients (IMTL-G, IMTL, MGDA, PCGrad).
-"""
+"""IMTL balancers (Liu et al., ICLR 2021): IMTL-G, IMTL-L and the hybrid IMTL."""
 
 import keras
 import tensorflow as tf
 
 from keras_mtl import ops
-from keras_mtl.balancers.base import FEATURE_GRADS
-from keras_mtl.balancers.base import SHARED_GRADS
 from keras_mtl.balancers.base import Balancer
+from keras_mtl.balancers.base import GradientBalancer
 
-MODES = {"features": FEATURE_GRADS, "shared": SHARED_GRADS}
+class LearnedLossScales:
+    """The learned loss scales of IMTL-L, shared by IMTL-L and the hybrid IMTL.
 
-
-class GradientBalancer(Balancer):
-    """Base of the balancers that map the task-gradient matrix G to one gradient.
-
-    `mode="features"` asks the train step for feature-level gradients
-    `dL_t/dz` at the shared representation z (one backward pass of each head,
-    then one pass of the combined gradient through the trunk);
-    `mode="shared"` for the gradients w.r.t. every shared parameter (T
-    backward passes through the trunk: the "exact" variants). Task-specific
-    parameters (heads) train on their own raw loss, `combine = sum_t L_t`,
-    as in the papers' algorithms. The weights of the last step are kept in a
-    state variable and reported as `<task>_weight`.
-
-    Subclasses implement `gradient_weights(grads, losses, present) -> (T,)`.
-
-    Args:
-        mode: `"features"` (default) or `"shared"`.
+    State `s_t` (init 0); `combine = sum_t (e^{s_t} L_t - s_t)` over present
+    tasks, differentiated w.r.t. `s` by the train step.
     """
 
-    def __init__(self, mode="features", optimizer=None, name=None, **kwargs):
-        super().__init__(optimizer=optimizer, name=name, **kwargs)
-        if mode not in MODES:
-            raise ValueError(
-                "Invalid value received for argument `mode`. Expected one of "
-                f"{sorted(MODES)}. Received: mode={mode!r}"
-            )
-        self.mode = mode
-        self.requires = MODES[mode]
+    def build_scales(self, num_tasks):
+        self.log_scales = self.add_state("log_scales", (num_tasks,))
 
-    def build_state(self, num_tasks):
-        self.last_weights = self.add_state(
-            "last_weights", (num_tasks,), initializer="ones"
-        )
+    @property
+    def learned_variables(self):
+        return [self.log_scales]
 
-    def task_weights(self):
-        return tf.convert_to_tensor(self.last_weights)
+    def scales(self):
+        return tf.exp(tf.convert_to_tensor(self.log_scales))
 
     def combine(self, losses, present):
-        return tf.reduce_sum(losses * present)
-
-    def gradient_weights(self, grads, losses, present):
-        raise NotImplementedError
-
-    def aggregate(self, grads, losses, present):
-        grads = tf.convert_to_tensor(grads)
-        weights = tf.cast(self.gradient_weights(grads, losses, present), grads.dtype)
-        self.last_weights.assign(self.reported_weights(weights))
-        return tf.linalg.matvec(grads, weights, transpose_a=True)
-
-    def reported_weights(self, weights):
-        """The weights on the raw losses reported as metrics (override)."""
-        return tf.cast(weights, "float32")
-
-    def get_config(self):
-        return {**super().get_config(), "mode": self.mode}
+        scaled = ops.imtl_l_loss(losses, tf.convert_to_tensor(self.log_scales))
+        return tf.reduce_sum(scaled * present)
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
@@ -103,7 +61,7 @@ class IMTLG(GradientBalancer):
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
-class IMTLL(Balancer):
+class IMTLL(LearnedLossScales, Balancer):
     """IMTL-L: learned loss scales, L = sum_t (e^{s_t} L_t - s_t).
 
     `s_t` (init 0) is learned with the network; `d/ds_t = e^{s_t} L_t - 1`,
@@ -125,22 +83,14 @@ class IMTLL(Balancer):
     """
 
     def build_state(self, num_tasks):
-        self.log_scales = self.add_state("log_scales", (num_tasks,))
-
-    @property
-    def learned_variables(self):
-        return [self.log_scales]
+        self.build_scales(num_tasks)
 
     def task_weights(self):
-        return tf.exp(tf.convert_to_tensor(self.log_scales))
-
-    def combine(self, losses, present):
-        scaled = ops.imtl_l_loss(losses, tf.convert_to_tensor(self.log_scales))
-        return tf.reduce_sum(scaled * present)
+        return self.scales()
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
-class IMTL(GradientBalancer):
+class IMTL(LearnedLossScales, GradientBalancer):
     """IMTL, the hybrid: IMTL-L on task-specific parameters, IMTL-G on shared ones.
 
     Section 3.3 / Algorithm 1 of the paper: task-specific parameters and the
@@ -168,18 +118,7 @@ class IMTL(GradientBalancer):
 
     def build_state(self, num_tasks):
         super().build_state(num_tasks)
-        self.log_scales = self.add_state("log_scales", (num_tasks,))
-
-    @property
-    def learned_variables(self):
-        return [self.log_scales]
-
-    def _scales(self):
-        return tf.exp(tf.stop_gradient(tf.convert_to_tensor(self.log_scales)))
-
-    def combine(self, losses, present):
-        scaled = ops.imtl_l_loss(losses, tf.convert_to_tensor(self.log_scales))
-        return tf.reduce_sum(scaled * present)
+        self.build_scales(num_tasks)
 
     def gradient_weights(self, grads, losses, present):
         # The rows of the scaled losses are grad(e^{s_t} L_t) = e^{s_t} g_t
@@ -188,6 +127,6 @@ class IMTL(GradientBalancer):
         # scaled losses: the same numbers, without making the train step
         # differentiate through the scales. The returned weights apply to the
         # raw rows: alpha_t e^{s_t}, which is also what is reported.
-        scales = tf.cast(self._scales(), grads.dtype)
+        scales = tf.cast(tf.stop_gradient(self.scales()), grads.dtype)
         alpha = ops.imtl_g_weights(grads * scales[:, None], mask=present)
         return alpha * scales

@@ -1,28 +1,16 @@
 """PCGrad (Yu et al., NeurIPS 2020)."""
 
-import random
-
 import keras
 import tensorflow as tf
 
 from keras_mtl import ops
-from keras_mtl.balancers.imtl import GradientBalancer
-
-
-def resolve_seed(seed):
-    """A Python int seed; None draws one (kept in the config for replays)."""
-    if seed is None:
-        return random.SystemRandom().randrange(2**31)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(
-            "Invalid value received for argument `seed`. Expected None or an "
-            f"integer. Received: seed={seed!r}"
-        )
-    return seed
+from keras_mtl.balancers.base import GradientBalancer
+from keras_mtl.balancers.base import SeededMixin
+from keras_mtl.balancers.base import resolve_seed
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
-class PCGrad(GradientBalancer):
+class PCGrad(SeededMixin, GradientBalancer):
     """PCGrad: project each task gradient off the conflicting ones, then sum.
 
     Each step, every task's gradient is projected onto the normal plane of
@@ -56,15 +44,14 @@ class PCGrad(GradientBalancer):
 
     def build_state(self, num_tasks):
         super().build_state(num_tasks)
-        self.step = self.add_state("step", (), dtype="int64")
+        self.build_step_counter()
 
     def gradient_weights(self, grads, losses, present):
-        seed = tf.stack([tf.constant(self.seed, "int64"), tf.convert_to_tensor(self.step)])
-        weights = ops.pcgrad_weights(grads, seed=seed)
+        weights = ops.pcgrad_weights(grads, seed=self.step_seed())
         return weights * tf.cast(present, weights.dtype)
 
-    def update(self, losses, present, grad_norms=None):
-        self.step.assign_add(1)
+    def update(self, losses, present):
+        self.advance()
 
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}

@@ -5,12 +5,13 @@ import tensorflow as tf
 
 from keras_mtl import ops
 from keras_mtl.balancers.base import Balancer
-from keras_mtl.balancers.pcgrad import resolve_seed
+from keras_mtl.balancers.base import SeededMixin
+from keras_mtl.balancers.base import resolve_seed
 from keras_mtl.ops.rlw import check_distribution
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
-class RLW(Balancer):
+class RLW(SeededMixin, Balancer):
     """Random loss weighting: L = sum_t w_t L_t with random weights drawn each step.
 
     `w = softmax(z)`, `z ~ N(0, I)` by default (the paper's recommended
@@ -47,12 +48,11 @@ class RLW(Balancer):
         self.last_weights = self.add_state(
             "last_weights", (num_tasks,), initializer="ones"
         )
-        self.step = self.add_state("step", (), dtype="int64")
+        self.build_step_counter()
 
     def current_weights(self, present):
-        seed = tf.stack([tf.constant(self.seed, "int64"), tf.convert_to_tensor(self.step)])
         return ops.rlw_weights(
-            self.num_tasks, seed=seed, present=present, distribution=self.distribution
+            self.num_tasks, seed=self.step_seed(), present=present, distribution=self.distribution
         )
 
     def task_weights(self):
@@ -61,9 +61,9 @@ class RLW(Balancer):
     def combine(self, losses, present):
         return tf.reduce_sum(self.current_weights(present) * losses * present)
 
-    def update(self, losses, present, grad_norms=None):
+    def update(self, losses, present):
         self.last_weights.assign(self.current_weights(present))
-        self.step.assign_add(1)
+        self.advance()
 
     def get_config(self):
         return {

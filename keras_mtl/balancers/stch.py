@@ -84,7 +84,7 @@ class STCH(Balancer):
         smooth = tf.reduce_sum(present) * soft / (tf.maximum(losses, 0.0) + self.epsilon * z)
         return tf.where(self._warm(), smooth, plain)
 
-    def update(self, losses, present, **kwargs):
+    def update(self, losses, present):
         self.last_weights.assign(self.loss_weights(losses, present))
         window = tf.logical_and(
             self.step >= self.warmup_steps, tf.logical_not(self._warm())

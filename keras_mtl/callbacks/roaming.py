@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 
+from keras_mtl._keras_compat import flatten_layers
 from keras_mtl.layers.task_mask import TaskMask
 
 
@@ -87,7 +88,7 @@ class MaximumRoaming(keras.callbacks.Callback):
 
     def roaming_layers(self):
         """The model's roaming `TaskMask` layers (not `TaskRouting`)."""
-        layers = self.model._flatten_layers(include_self=False, recursive=True)
+        layers = flatten_layers(self.model, include_self=False)
         return [l for l in layers if isinstance(l, TaskMask) and l.roaming]
 
     def on_train_begin(self, logs=None):

@@ -1,5 +1,6 @@
 """Task-conditioned layers: masks, task SE, residual adapters, task BN, discriminator."""
 
+from keras_mtl.layers.task_conditioned import TaskConditioned
 from keras_mtl.layers.task_conditioned import TaskConditionedLayer
 from keras_mtl.layers.task_conditioned import TaskSequential
 from keras_mtl.layers.task_conditioned import fold_tasks

@@ -4,7 +4,8 @@ import keras
 import tensorflow as tf
 
 from keras_mtl.layers.task_conditioned import TaskConditionedLayer
-from keras_mtl.layers.task_se import per_example_task
+from keras_mtl.layers.task_conditioned import is_task_conditioned
+from keras_mtl.layers.task_conditioned import per_example_task
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
@@ -127,7 +128,7 @@ class ResidualAdapter(TaskConditionedLayer):
         task = per_example_task(task, inputs)
         if self.layer is None:
             shared = inputs
-        elif getattr(self.layer, "task_conditioned", False):
+        elif is_task_conditioned(self.layer):
             shared = self.layer(inputs, task=task, training=training)
         else:
             shared = self.layer(inputs, training=training)

@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 
 from keras_mtl.layers.task_conditioned import TaskConditionedLayer
-from keras_mtl.layers.task_se import per_example_task
+from keras_mtl.layers.task_conditioned import per_example_task
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")

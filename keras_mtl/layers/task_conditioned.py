@@ -12,9 +12,56 @@ and a per-task call is the same graph with a constant task index.
 import keras
 import tensorflow as tf
 
+from keras_mtl._keras_compat import flatten_layers
+
+
+class TaskConditioned:
+    """The task-conditioned protocol, a mixin of Keras layers.
+
+    A task-conditioned layer's `call(inputs, task=None, training=None)` takes
+    `task`, an int32 vector (batch,) with each example's task index.
+    `MultiTaskModel` reads the protocol only through these members:
+
+    - `task_conditioned`: whether the layer (or anything inside it) needs
+      `task` (a class attribute, or an instance attribute for layers that
+      are task-conditioned only in some configurations);
+    - `task_variables(task_index)`: the variables that only that task uses
+      (its SE block, adapter, BN parameters): trained only by that task's
+      loss, and excluded from a step in which the task is absent;
+    - `has_shared_prefix`, `shared_prefix(x)`, `task_suffix(features, task)`:
+      an encoder whose first part is task-independent runs it once and folds
+      only the rest, `task_suffix(fold(shared_prefix(x)))` = `call(fold(x))`.
+    """
+
+    task_conditioned = True
+    has_shared_prefix = False
+
+    def task_variables(self, task_index):
+        """Variables that only task `task_index` uses. Defaults to none."""
+        return []
+
+    def shared_prefix(self, inputs, training=None):
+        raise NotImplementedError(f"'{self.name}' has no shared prefix.")
+
+    def task_suffix(self, features, task=None, training=None):
+        raise NotImplementedError(f"'{self.name}' has no shared prefix.")
+
+
+def per_example_task(task, inputs):
+    """Returns `task` as an int32 vector (batch,); a scalar is broadcast."""
+    task = tf.cast(task, "int32")
+    if task.shape.rank == 0:
+        task = tf.fill(tf.shape(inputs)[:1], task)
+    return task
+
+
+def task_vector(task_indices, batch_size):
+    """[t_0]*B + [t_1]*B + ...: the task of every row of a task-major folded batch."""
+    return tf.repeat(tf.constant(list(task_indices), dtype="int32"), batch_size)
+
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
-class TaskConditionedLayer(keras.layers.Layer):
+class TaskConditionedLayer(TaskConditioned, keras.layers.Layer):
     """Base class of layers whose computation depends on the task.
 
     Subclasses implement `call(inputs, task, training=None)` where `task` is
@@ -41,21 +88,19 @@ class TaskConditionedLayer(keras.layers.Layer):
         return {**super().get_config(), "num_tasks": self.num_tasks}
 
 
+def _conditioned(layer):
+    return isinstance(layer, TaskConditioned) and bool(layer.task_conditioned)
+
+
 def is_task_conditioned(layer):
     """True if `layer` or any layer nested inside it is task-conditioned."""
-    if getattr(layer, "task_conditioned", False):
-        return True
-    if hasattr(layer, "_flatten_layers"):
-        for sub in layer._flatten_layers(include_self=False, recursive=True):
-            if getattr(sub, "task_conditioned", False):
-                return True
-    return False
+    return any(_conditioned(l) for l in flatten_layers(layer))
 
 
 def task_conditioned_layers(layer):
-    """The task-conditioned layers nested in `layer` (itself included)."""
-    layers = layer._flatten_layers(include_self=True, recursive=True)
-    return [l for l in layers if getattr(l, "task_conditioned", False)]
+    """The task-conditioned layers (with per-task parameters) nested in `layer`."""
+    return [l for l in flatten_layers(layer)
+            if isinstance(l, TaskConditionedLayer) and l.task_conditioned]
 
 
 def fold_tasks(inputs, num_tasks):
@@ -70,8 +115,7 @@ def fold_tasks(inputs, num_tasks):
     folded = tf.nest.map_structure(
         lambda t: tf.concat([t] * num_tasks, axis=0), inputs
     )
-    task_ids = tf.repeat(tf.range(num_tasks, dtype="int32"), batch)
-    return folded, task_ids
+    return folded, task_vector(range(num_tasks), batch)
 
 
 def unfold_tasks(folded, num_tasks):
@@ -80,7 +124,7 @@ def unfold_tasks(folded, num_tasks):
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
-class TaskSequential(keras.layers.Layer):
+class TaskSequential(TaskConditioned, keras.layers.Layer):
     """A stack of layers that passes the task index to the layers that take it.
 
     Like `keras.Sequential`, but `call(x, task=None)` forwards `task` to every
@@ -104,6 +148,10 @@ class TaskSequential(keras.layers.Layer):
         super().__init__(**kwargs)
         self.layers = list(layers)
 
+    @property
+    def task_conditioned(self):
+        return any(is_task_conditioned(l) for l in self.layers)
+
     def build(self, input_shape):
         shape = input_shape
         for layer in self.layers:
@@ -115,7 +163,7 @@ class TaskSequential(keras.layers.Layer):
     def call(self, inputs, task=None, training=None):
         x = inputs
         for layer in self.layers:
-            if getattr(layer, "task_conditioned", False):
+            if is_task_conditioned(layer):
                 if task is None:
                     raise ValueError(
                         f"Layer '{layer.name}' is task-conditioned: call "

@@ -4,14 +4,7 @@ import keras
 import tensorflow as tf
 
 from keras_mtl.layers.task_conditioned import TaskConditionedLayer
-
-
-def per_example_task(task, inputs):
-    """Returns `task` as an int32 vector (batch,); a scalar is broadcast."""
-    task = tf.cast(task, "int32")
-    if task.shape.rank == 0:
-        task = tf.fill(tf.shape(inputs)[:1], task)
-    return task
+from keras_mtl.layers.task_conditioned import per_example_task
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
