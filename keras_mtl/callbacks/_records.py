@@ -47,6 +47,33 @@ def write_rows(path, header, rows):
     os.replace(tmp, path)
 
 
+class StartsAfterRestore(keras.callbacks.Callback):
+    """A callback whose set-up runs once per fit, when the first epoch begins.
+
+    That is after every `on_train_begin`, a `BackupAndRestore` restore
+    included, whatever the callback order: the set-up sees the restored
+    model (optimizer step, epoch) and can keep the records written before a
+    kill. Subclasses implement `start(epoch)`; `ensure_started()` runs it
+    early for a fit that ends before any epoch began.
+    """
+
+    _started = False
+
+    def on_train_begin(self, logs=None):
+        self._started = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.ensure_started(epoch)
+
+    def ensure_started(self, epoch=0):
+        if not self._started:
+            self._started = True
+            self.start(epoch)
+
+    def start(self, epoch):
+        """The set-up (override)."""
+
+
 class RecordFile:
     """An append-only CSV file of rows keyed by an integer first column.
 

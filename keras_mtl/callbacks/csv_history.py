@@ -5,12 +5,13 @@ import numbers
 import keras
 import numpy as np
 
+from keras_mtl.callbacks._records import StartsAfterRestore
 from keras_mtl.callbacks._records import fmt
 from keras_mtl.callbacks._records import read_rows
 from keras_mtl.callbacks._records import write_rows
 
 
-class CSVHistory(keras.callbacks.Callback):
+class CSVHistory(StartsAfterRestore):
     """Writes the logs of every epoch to a CSV file, resumable.
 
     Like `keras.callbacks.CSVLogger`, one row per epoch (`epoch` counts from
@@ -30,15 +31,8 @@ class CSVHistory(keras.callbacks.Callback):
         super().__init__()
         self.path = path
         self.rows = []
-        self._started = False
 
-    def on_train_begin(self, logs=None):
-        self._started = False
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if self._started:
-            return
-        self._started = True
+    def start(self, epoch):
         # `epoch` is where this fit starts: after a restore, the epochs
         # before it are done and their rows are kept.
         _, rows = read_rows(self.path)

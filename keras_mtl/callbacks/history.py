@@ -2,12 +2,12 @@
 
 import warnings
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_mtl.balancers.static import StaticWeights
 from keras_mtl.callbacks._records import RecordFile
+from keras_mtl.callbacks._records import StartsAfterRestore
 from keras_mtl.callbacks._records import fmt
 from keras_mtl.callbacks._records import optimizer_step
 
@@ -38,7 +38,7 @@ def mean_task_losses(model, data):
     return total / count
 
 
-class BalancerHistory(keras.callbacks.Callback):
+class BalancerHistory(StartsAfterRestore):
     """Records the balancer's task weights w_i(t) after every `every` steps.
 
     Besides the traces (for plots like Figure 2 of the GradNorm paper), it
@@ -72,20 +72,9 @@ class BalancerHistory(keras.callbacks.Callback):
         self.steps = []
         self.weights = []
         self._file = None
-        self._started = False
         self._last = 0
 
-    def on_train_begin(self, logs=None):
-        self._started = False
-
-    def on_epoch_begin(self, epoch, logs=None):
-        # After every `on_train_begin` (a `BackupAndRestore` restore
-        # included), whatever the callback order.
-        if not self._started:
-            self._begin()
-
-    def _begin(self):
-        self._started = True
+    def start(self, epoch):
         start = optimizer_step(self.model)
         self._last = start
         tasks = list(self.model.task_names)
@@ -115,8 +104,7 @@ class BalancerHistory(keras.callbacks.Callback):
             self._file.append([step] + [fmt(v) for v in w])
 
     def on_train_end(self, logs=None):
-        if not self._started:
-            self._begin()
+        self.ensure_started()
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -137,7 +125,7 @@ class BalancerHistory(keras.callbacks.Callback):
         return StaticWeights(self.mean_weights())
 
 
-class TaskNormalizedLoss(keras.callbacks.Callback):
+class TaskNormalizedLoss(StartsAfterRestore):
     """Tracks the task-normalised test loss sum_i L_i(t) / L_i(0) on held-out data.
 
     L_i(0) is the held-out loss of the model before training (the quantity
@@ -171,7 +159,6 @@ class TaskNormalizedLoss(keras.callbacks.Callback):
         self.per_task = []
         self.losses = []
         self._file = None
-        self._started = False
         self._last = 0
 
     def _header(self):
@@ -183,15 +170,7 @@ class TaskNormalizedLoss(keras.callbacks.Callback):
         # in the middle of an epoch.
         return mean_task_losses(self.model, self.data)
 
-    def on_train_begin(self, logs=None):
-        self._started = False
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if not self._started:  # after every restore, as in BalancerHistory
-            self._begin()
-
-    def _begin(self):
-        self._started = True
+    def start(self, epoch):
         start = optimizer_step(self.model)
         self._last = start
         tasks = list(self.model.task_names)
@@ -241,8 +220,7 @@ class TaskNormalizedLoss(keras.callbacks.Callback):
         self._last = step
 
     def on_train_end(self, logs=None):
-        if not self._started:
-            self._begin()
+        self.ensure_started()
         if self.steps[-1] != self._last:
             self._record(self._last)
         if self._file is not None:

@@ -8,10 +8,11 @@ import warnings
 import keras
 import numpy as np
 
+from keras_mtl.callbacks._records import StartsAfterRestore
 from keras_mtl.callbacks._records import optimizer_step
 
 
-class NormalizedLoss(keras.callbacks.Callback):
+class NormalizedLoss(StartsAfterRestore):
     """Adds the mean task-normalised loss to the epoch logs, to monitor.
 
     A multi-task model's `loss` is the balancer's combination of the task
@@ -48,17 +49,8 @@ class NormalizedLoss(keras.callbacks.Callback):
         self.state_path = state_path
         self.name = name
         self.reference = None
-        self._started = False
 
-    def on_train_begin(self, logs=None):
-        self._started = False
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if self._started:
-            return
-        # After every `on_train_begin` (a `BackupAndRestore` restore
-        # included), whatever the callback order.
-        self._started = True
+    def start(self, epoch):
         tasks = list(self.model.task_names)
         if self.given is not None:
             missing = [t for t in tasks if t not in self.given]
