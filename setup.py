@@ -33,6 +33,10 @@ setup(
         "matplotlib>=3.7",
         "tensorboard>=2.16",
         "scikit-learn>=1.2",
+        # tensorflow-datasets' builders (tfds `celeb_a`, through etils.epath)
+        # import it without declaring it; keras-mtl itself uses the stdlib
+        # importlib.resources.
+        "importlib_resources>=5.0",
     ],
     # TensorFlow comes as an extra so that a GPU user's `tensorflow[and-cuda]`
     # is not shadowed by a second, CPU-only distribution: pick one.
