@@ -113,10 +113,24 @@ class MultiTaskModel(keras.Model):
         self.auxiliaries = [] if discriminator is None else [
             training.AdversarialDiscriminator(discriminator, discriminator_weight)]
         self.task_conditioned = tc.is_task_conditioned(encoder)
-        for layer in tc.task_conditioned_layers(encoder):
+        self.task_outputs = tc.has_task_outputs(encoder)
+        if self.task_outputs and self.task_conditioned:
+            raise ValueError(
+                f"Encoder '{encoder.name}' returns one output per task "
+                "(`TaskOutputs`) and contains task-conditioned layers (folded "
+                "per-task passes); a model takes one or the other."
+            )
+        if self.task_outputs and discriminator is not None:
+            raise ValueError(
+                f"Encoder '{encoder.name}' returns one output per task, so there "
+                "is no shared representation z for the gradient discriminator "
+                "to read dL_t/dz at."
+            )
+        for layer in tc.task_variable_layers(encoder):
             if layer.num_tasks != self.num_tasks:
+                kind = "Task-conditioned layer" if self.task_conditioned else "Per-task encoder"
                 raise ValueError(
-                    f"Task-conditioned layer '{layer.name}' was built for "
+                    f"{kind} '{layer.name}' was built for "
                     f"num_tasks={layer.num_tasks}, but the model has "
                     f"{self.num_tasks} heads {self.task_names}."
                 )
@@ -165,10 +179,22 @@ class MultiTaskModel(keras.Model):
 
         For task-conditioned encoders z is the folded (n*B, ...) output of
         the n requested tasks' passes and `task_ids` the (n*B,) task index of
-        each row; otherwise z is the shared (B, ...) representation and
-        `task_ids` is None.
+        each row; for `TaskOutputs` encoders z is the list of the T per-task
+        representations; otherwise z is the shared (B, ...) representation.
+        `task_ids` is None unless folded.
         """
         idx = self._task_indices(tasks)
+        if self.task_outputs:
+            z = self.encoder(x, training=training)
+            if not isinstance(z, (list, tuple)) or len(z) != self.num_tasks:
+                raise ValueError(
+                    f"Encoder '{self.encoder.name}' follows the TaskOutputs "
+                    f"protocol, so it must return a list of {self.num_tasks} "
+                    f"per-task outputs (one per task of {self.task_names}). "
+                    f"Received: {type(z).__name__}"
+                    + (f" of length {len(z)}" if isinstance(z, (list, tuple)) else "")
+                )
+            return list(z), None, idx
         if not self.task_conditioned:
             return self.encoder(x, training=training), None, idx
         prefix = isinstance(self.encoder, tc.TaskConditioned) and self.encoder.has_shared_prefix
@@ -185,7 +211,9 @@ class MultiTaskModel(keras.Model):
 
     def decode(self, z, idx, training=None):
         """Applies the heads of tasks `idx` to z (sliced per task if folded)."""
-        if self.task_conditioned:
+        if self.task_outputs:
+            per_task = [z[i] for i in idx]
+        elif self.task_conditioned:
             flat = [tf.split(t, len(idx)) for t in tf.nest.flatten(z)]
             per_task = [
                 tf.nest.pack_sequence_as(z, [parts[i] for parts in flat])
@@ -332,9 +360,10 @@ class MultiTaskModel(keras.Model):
         i = self.task_names.index(task)
         variables = list(self.heads[task].trainable_variables)
         for container in [self.encoder] + list(self.heads.values()):
-            for layer in tc.task_conditioned_layers(container):
+            for layer in tc.task_variable_layers(container):
                 variables += [v for v in layer.task_variables(i) if v.trainable]
-        return variables
+        seen = set()
+        return [v for v in variables if not (id(v) in seen or seen.add(id(v)))]
 
     def network_variables(self, absent_tasks=()):
         """All trainable network variables, minus those of `absent_tasks`."""

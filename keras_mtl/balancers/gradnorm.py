@@ -9,6 +9,7 @@ from keras_mtl._keras_compat import flatten_layers
 from keras_mtl.balancers.base import LAYER_GRAD_NORMS
 from keras_mtl.balancers.base import Balancer
 from keras_mtl.balancers.base import check_positive
+from keras_mtl.layers.task_conditioned import task_variable_layers
 
 _TRANSFORMS = {None: 1.0, "identity": 1.0, "square": 2.0}
 
@@ -172,9 +173,14 @@ class GradNorm(Balancer):
     def find_kernel(self, encoder):
         """The kernel W: of the layer named `layer`, else the encoder's last one."""
         layers = flatten_layers(encoder)
+        task_specific = {
+            id(v) for l in task_variable_layers(encoder)
+            for t in range(l.num_tasks) for v in l.task_variables(t)
+        }
         candidates = [
             l for l in layers
             if isinstance(getattr(l, "kernel", None), keras.Variable) and l.kernel.trainable
+            and id(l.kernel) not in task_specific
         ]
         if self.layer is not None:
             candidates = [l for l in candidates if l.name == self.layer]

@@ -2,6 +2,7 @@
 
 from keras_mtl.layers.task_conditioned import TaskConditioned
 from keras_mtl.layers.task_conditioned import TaskConditionedLayer
+from keras_mtl.layers.task_conditioned import TaskOutputs
 from keras_mtl.layers.task_conditioned import TaskSequential
 from keras_mtl.layers.task_conditioned import fold_tasks
 from keras_mtl.layers.task_conditioned import is_task_conditioned

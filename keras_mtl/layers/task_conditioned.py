@@ -47,6 +47,51 @@ class TaskConditioned:
         raise NotImplementedError(f"'{self.name}' has no shared prefix.")
 
 
+class TaskOutputs:
+    """The protocol of encoders whose task paths split inside them (a mixin).
+
+    Architectures such as Cross-stitch, PLE or learned branching have no
+    single representation shared by every task: task t's path leaves the
+    shared part somewhere inside the encoder. Such an encoder returns a list
+    of T per-task representations `[z_0, ..., z_{T-1}]` (in the model's task
+    order; each a tensor or a nest), and head t reads `z_t`. The encoder
+    runs once per step (not folded like `TaskConditioned` layers).
+
+    `MultiTaskModel` reads the protocol only through these members:
+
+    - `task_outputs`: whether the output is per task (class or instance
+      attribute);
+    - `num_tasks`: T, checked against the model's heads;
+    - `task_variables(task_index)`: the encoder's variables that only that
+      task uses (its gate, tower, column): trained only by that task's loss,
+      excluded from a step in which the task is absent, and never GradNorm's
+      "last shared layer".
+
+    Balancers that need one shared representation z (feature-level IMTL-G,
+    MGDA-UB, PCGrad, ..., and the gradient discriminator) are rejected with
+    such an encoder: use loss-based balancers or their parameter-level mode
+    (`mode="shared"`), which differentiate the shared parameters directly.
+    """
+
+    task_outputs = True
+
+    def task_variables(self, task_index):
+        """Variables that only task `task_index` uses. Defaults to none."""
+        return []
+
+
+def has_task_outputs(layer):
+    """True if `layer` follows the `TaskOutputs` protocol (one output per task)."""
+    return isinstance(layer, TaskOutputs) and bool(layer.task_outputs)
+
+
+def task_variable_layers(container):
+    """Layers nested in `container` (itself included) that own task variables."""
+    return [l for l in flatten_layers(container)
+            if (isinstance(l, TaskConditionedLayer) and l.task_conditioned)
+            or has_task_outputs(l)]
+
+
 def per_example_task(task, inputs):
     """Returns `task` as an int32 vector (batch,); a scalar is broadcast."""
     task = tf.cast(task, "int32")

@@ -147,6 +147,14 @@ def resolve_balancer(model, balancer):
             f"balancers only. Received: balancer={bal!r} "
             f"(requires={bal.requires!r})."
         )
+    if model.task_outputs and bal.requires == balancer_base.FEATURE_GRADS:
+        raise ValueError(
+            f"{type(bal).__name__} uses feature-level gradients at a shared "
+            f"representation, but encoder '{model.encoder.name}' returns one "
+            "output per task (its task paths split inside it, so there is no "
+            "single z shared by every task). Use the balancer's "
+            "parameter-level mode (mode='shared') or a loss-based balancer."
+        )
     if model.task_conditioned and bal.requires == balancer_base.FEATURE_GRADS:
         raise ValueError(
             f"{type(bal).__name__} uses feature-level gradients at a shared "
