@@ -132,6 +132,24 @@ def poison(values, poisoned):
     return tf.where(poisoned, tf.fill(tf.shape(values), _nan(values.dtype)), values)
 
 
+def weigh_rows(grads, mask, solve):
+    """The frame of the Gramian-based weightings: checks, masking, NaN rows.
+
+    `solve(cosines, norms, wanted)` gets the float64 cosine matrix and row
+    norms of the included rows (see `normalized_gramian`, `included_rows`)
+    and the float64 task mask, and returns float64 weights (T,). With no
+    task the weights are empty; with a NaN or inf in an included row they
+    are all NaN; otherwise they come back in the input's dtype.
+    """
+    grads = as_gradient_matrix(grads)
+    if grads.shape[0] == 0:  # no task: nothing to combine
+        return tf.zeros([0], grads.dtype)
+    clean, wanted, poisoned = included_rows(grads, mask)
+    cosines, norms = normalized_gramian(clean)
+    weights = solve(cosines, norms, wanted)
+    return tf.cast(poison(weights, poisoned), grads.dtype)
+
+
 def combine(grads, weights, mask=None):
     """`weights @ grads` (d,) without reading the rows excluded by `mask`."""
     if mask is not None:

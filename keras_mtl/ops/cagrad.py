@@ -54,22 +54,22 @@ def cagrad_weights(grads, c=0.4, mask=None, rescale=False, max_iters=500, tolera
             "Invalid value received for argument `c`. Expected a number >= 0. "
             f"Received: c={c!r}"
         )
-    if grads.shape[0] == 0:  # no task: nothing to combine
-        return tf.zeros([0], grads.dtype)
-    clean, wanted, poisoned = gramian_lib.included_rows(grads, mask)
-    gram = gramian_lib.gramian(clean)
-    mean = tf.math.divide_no_nan(wanted, tf.reduce_sum(wanted))
-    allowed = tf.logical_and(wanted > 0, tf.linalg.diag_part(gram) > 0)
-    radius = c * tf.sqrt(tf.maximum(tf.reduce_sum(mean * tf.linalg.matvec(gram, mean)), 0.0))
-    if c == 0:
-        weights = mean
-    else:
-        w = cagrad_dual(gram, mean, radius, allowed, max_iters, tolerance)
-        gw_norm = tf.sqrt(tf.maximum(tf.reduce_sum(w * tf.linalg.matvec(gram, w)), 0.0))
-        weights = mean + tf.math.divide_no_nan(radius, gw_norm) * w
-    if rescale:
-        weights = weights / (1.0 + c**2)
-    return tf.cast(gramian_lib.poison(weights, poisoned), grads.dtype)
+
+    def solve(cosines, norms, wanted):
+        gram = norms[:, None] * cosines * norms[None, :]
+        mean = tf.math.divide_no_nan(wanted, tf.reduce_sum(wanted))
+        allowed = tf.logical_and(wanted > 0, tf.linalg.diag_part(gram) > 0)
+        radius = c * tf.sqrt(tf.maximum(
+            tf.reduce_sum(mean * tf.linalg.matvec(gram, mean)), 0.0))
+        if c == 0:
+            weights = mean
+        else:
+            w = cagrad_dual(gram, mean, radius, allowed, max_iters, tolerance)
+            gw_norm = tf.sqrt(tf.maximum(tf.reduce_sum(w * tf.linalg.matvec(gram, w)), 0.0))
+            weights = mean + tf.math.divide_no_nan(radius, gw_norm) * w
+        return weights / (1.0 + c**2) if rescale else weights
+
+    return gramian_lib.weigh_rows(grads, mask, solve)
 
 
 def cagrad(grads, c=0.4, mask=None, rescale=False):

@@ -2,8 +2,8 @@
 
 import tensorflow as tf
 
-from keras_mtl.ops import _dual_cone
 from keras_mtl.ops import _gramian as gramian_lib
+from keras_mtl.ops.upgrad import _dual_cone_solution
 from keras_mtl.ops.upgrad import _preferences
 
 
@@ -44,24 +44,15 @@ def dualproj_weights(grads, mask=None, preferences=None, max_iters=None, toleran
         arXiv:2406.16232, 2024, appendix (DualProj).
     """
     grads = gramian_lib.as_gradient_matrix(grads)
-    if grads.shape[0] == 0:  # no task: nothing to combine
-        return tf.zeros([0], grads.dtype)
-    num_tasks = grads.shape[0]
-    clean, wanted, poisoned = gramian_lib.included_rows(grads, mask)
-    cosines, norms = gramian_lib.normalized_gramian(clean)
-    prefs = _preferences(preferences, wanted)
-    active = tf.logical_and(wanted > 0, norms > 0)
-    if max_iters is None:
-        max_iters = _dual_cone.default_max_iters(num_tasks)
-    # p^T J = U^T (p * ||g||): the start in unit directions.
-    starts = (prefs * norms)[None, :]
-    betas, _ = _dual_cone.dual_cone_coefficients(
-        cosines, starts, active, tf.constant(max_iters, "int32"),
-        tf.constant(tolerance, "float64"),
-        gramian_lib.default_rcond(grads, num_tasks or 1),
-    )
-    weights = tf.math.divide_no_nan(betas[0], norms)
-    return tf.cast(gramian_lib.poison(weights, poisoned), grads.dtype)
+
+    def solve(cosines, norms, wanted):
+        # p^T J = U^T (p * ||g||): the start in unit directions.
+        starts = (_preferences(preferences, wanted) * norms)[None, :]
+        betas = _dual_cone_solution(grads, cosines, norms, wanted, starts,
+                                    max_iters, tolerance)
+        return tf.math.divide_no_nan(betas[0], norms)
+
+    return gramian_lib.weigh_rows(grads, mask, solve)
 
 
 def dualproj(grads, mask=None, preferences=None):

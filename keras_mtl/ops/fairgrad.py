@@ -58,17 +58,16 @@ def fairgrad_weights(grads, alpha=2.0, mask=None, max_iters=100, tolerance=1e-10
             "Invalid value received for argument `alpha`. Expected a number > 0. "
             f"Received: alpha={alpha!r}"
         )
-    if grads.shape[0] == 0:  # no task: nothing to combine
-        return tf.zeros([0], grads.dtype)
-    clean, wanted, poisoned = gramian_lib.included_rows(grads, mask)
-    cosines, norms = gramian_lib.normalized_gramian(clean)
-    active = wanted * tf.cast(norms > 0, "float64")
     ridge = max(_RIDGE, gramian_lib.default_rcond(grads, grads.shape[0] or 1))
-    safe_norms = tf.where(active > 0, norms, tf.ones_like(norms))
-    coeff = tf.pow(safe_norms, 1.0 / alpha - 1.0) * active
-    beta = _solve(cosines, coeff, active, float(alpha), ridge, max_iters, tolerance)
-    weights = tf.math.divide_no_nan(beta, norms) * active
-    return tf.cast(gramian_lib.poison(weights, poisoned), grads.dtype)
+
+    def solve(cosines, norms, wanted):
+        active = wanted * tf.cast(norms > 0, "float64")
+        safe_norms = tf.where(active > 0, norms, tf.ones_like(norms))
+        coeff = tf.pow(safe_norms, 1.0 / alpha - 1.0) * active
+        beta = _solve(cosines, coeff, active, float(alpha), ridge, max_iters, tolerance)
+        return tf.math.divide_no_nan(beta, norms) * active
+
+    return gramian_lib.weigh_rows(grads, mask, solve)
 
 
 def fairgrad(grads, alpha=2.0, mask=None):

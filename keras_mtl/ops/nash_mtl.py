@@ -58,18 +58,17 @@ def nash_mtl_weights(grads, mask=None, normalize=False, max_iters=100, tolerance
         "Multi-Task Learning as a Bargaining Game". ICML 2022, section 3.
     """
     grads = gramian_lib.as_gradient_matrix(grads)
-    if grads.shape[0] == 0:  # no task: nothing to combine
-        return tf.zeros([0], grads.dtype)
-    clean, wanted, poisoned = gramian_lib.included_rows(grads, mask)
-    cosines, norms = gramian_lib.normalized_gramian(clean)
-    active = wanted * tf.cast(norms > 0, "float64")
     ridge = max(_RIDGE, gramian_lib.default_rcond(grads, grads.shape[0] or 1))
-    beta = nash_unit_solution(cosines, active, max_iters, tolerance, ridge)
-    if normalize:
-        gram = norms[:, None] * cosines * norms[None, :]
-        beta = beta * tf.sqrt(tf.norm(gram))
-    weights = tf.math.divide_no_nan(beta, norms) * active
-    return tf.cast(gramian_lib.poison(weights, poisoned), grads.dtype)
+
+    def solve(cosines, norms, wanted):
+        active = wanted * tf.cast(norms > 0, "float64")
+        beta = nash_unit_solution(cosines, active, max_iters, tolerance, ridge)
+        if normalize:
+            gram = norms[:, None] * cosines * norms[None, :]
+            beta = beta * tf.sqrt(tf.norm(gram))
+        return tf.math.divide_no_nan(beta, norms) * active
+
+    return gramian_lib.weigh_rows(grads, mask, solve)
 
 
 def nash_mtl(grads, mask=None, normalize=False):

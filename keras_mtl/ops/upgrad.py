@@ -48,25 +48,17 @@ def upgrad_weights(grads, mask=None, preferences=None, max_iters=None, tolerance
         arXiv:2406.16232, 2024, section 4 (UPGrad).
     """
     grads = gramian_lib.as_gradient_matrix(grads)
-    if grads.shape[0] == 0:  # no task: nothing to combine
-        return tf.zeros([0], grads.dtype)
-    num_tasks = grads.shape[0]
-    clean, wanted, poisoned = gramian_lib.included_rows(grads, mask)
-    cosines, norms = gramian_lib.normalized_gramian(clean)
-    prefs = _preferences(preferences, wanted)
-    active = tf.logical_and(wanted > 0, norms > 0)
-    if max_iters is None:
-        max_iters = _dual_cone.default_max_iters(num_tasks)
-    starts = tf.eye(gramian_lib.num_rows(grads), dtype="float64")
-    betas, _ = _dual_cone.dual_cone_coefficients(
-        cosines, starts, active, tf.constant(max_iters, "int32"),
-        tf.constant(tolerance, "float64"),
-        gramian_lib.default_rcond(grads, num_tasks or 1),
-    )
-    # Projection of g_i = ||g_i|| u_i is ||g_i|| U^T beta_i; weigh by p_i.
-    beta = tf.linalg.matvec(betas, prefs * norms, transpose_a=True)
-    weights = tf.math.divide_no_nan(beta, norms)
-    return tf.cast(gramian_lib.poison(weights, poisoned), grads.dtype)
+
+    def solve(cosines, norms, wanted):
+        prefs = _preferences(preferences, wanted)
+        starts = tf.eye(gramian_lib.num_rows(grads), dtype="float64")
+        betas = _dual_cone_solution(grads, cosines, norms, wanted, starts,
+                                    max_iters, tolerance)
+        # Projection of g_i = ||g_i|| u_i is ||g_i|| U^T beta_i; weigh by p_i.
+        beta = tf.linalg.matvec(betas, prefs * norms, transpose_a=True)
+        return tf.math.divide_no_nan(beta, norms)
+
+    return gramian_lib.weigh_rows(grads, mask, solve)
 
 
 def upgrad(grads, mask=None, preferences=None):
@@ -74,6 +66,20 @@ def upgrad(grads, mask=None, preferences=None):
     grads = gramian_lib.as_gradient_matrix(grads)
     weights = upgrad_weights(grads, mask=mask, preferences=preferences)
     return gramian_lib.combine(grads, weights, mask)
+
+
+def _dual_cone_solution(grads, cosines, norms, wanted, starts, max_iters, tolerance):
+    """The dual-cone coefficients of the unit rows for each start (see `_dual_cone`)."""
+    active = tf.logical_and(wanted > 0, norms > 0)
+    num_tasks = grads.shape[0]
+    if max_iters is None:
+        max_iters = _dual_cone.default_max_iters(num_tasks)
+    betas, _ = _dual_cone.dual_cone_coefficients(
+        cosines, starts, active, tf.constant(max_iters, "int32"),
+        tf.constant(tolerance, "float64"),
+        gramian_lib.default_rcond(grads, num_tasks or 1),
+    )
+    return betas
 
 
 def _preferences(preferences, wanted):
