@@ -5,6 +5,8 @@ this module, so that a Keras upgrade that moves one of them touches this file
 only. Each function says what it wraps.
 """
 
+import contextlib
+
 import keras
 import tensorflow as tf
 from keras.src.losses import loss as _loss_module
@@ -128,3 +130,31 @@ def forget_build_batch_size(layer):
         return shape
 
     layer._build_shapes_dict = {k: unbatch(v) for k, v in shapes.items()}
+
+
+@contextlib.contextmanager
+def unlocked_state(layer):
+    """Lets a built layer create state (Keras locks the tracker after `build`).
+
+    For state whose size is known only later (a balancer's per-parameter
+    state, sized when the model's shared variables exist).
+    """
+    tracker = layer._tracker
+    locked = tracker.locked
+    tracker.unlock()
+    try:
+        yield
+    finally:
+        if locked:
+            tracker.lock()
+
+
+def clear_losses(layer):
+    """Forgets the `add_loss` values of earlier calls of `layer` and every sublayer.
+
+    Keras clears them when a call enters through the model's `__call__`; the
+    train step calls the encoder and the present tasks' heads directly, so a
+    head skipped in a step (its task absent) would still hold a loss tensor of
+    an earlier step (another graph).
+    """
+    layer._clear_losses()

@@ -6,6 +6,7 @@ itself is the engine in `keras_mtl.training`.
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_mtl import _keras_compat
@@ -292,7 +293,12 @@ class MultiTaskModel(keras.Model):
                 single-tasking, appendix D: `{"task_specific": T,
                 "discriminator": 10.0}`).
             jit_compile: compile the train step with XLA. Defaults to
-                `False` (XLA was slower than graph mode for conv nets on CPU).
+                `False` on every platform (the default lives here): on CPU
+                XLA was slower than graph mode for conv nets and for the
+                Frank-Wolfe solvers (MGDA ~2x at T=10: XLA runs the
+                `while_loop` and its small float64 ops serially), and no
+                faster for the rest (README, "jit_compile"); GPUs were not
+                measured.
                 Under a strategy with more than one replica, `True` falls
                 back to graph mode with one warning (see
                 `keras_mtl.distribute.resolve_jit_compile`).
@@ -403,7 +409,11 @@ class MultiTaskModel(keras.Model):
         return groups
 
     def build_optimizers(self):
-        """Builds each optimizer on every variable of its group (idempotent)."""
+        """Builds each optimizer on every variable of its group (idempotent).
+
+        Also gives the balancer the shared variables' total size
+        (`Balancer.build_gradient_state`), for state sized by it.
+        """
         for opt, variables in group_optimizers.split_by_optimizer(
                 self, self.network_variables()):
             if not opt.built:
@@ -411,13 +421,25 @@ class MultiTaskModel(keras.Model):
         for opt in self.group_optimizers.values():
             if not opt.built:
                 opt.build([])
+        if self.balancer is not None and self.built:
+            self.balancer.build_gradient_state(
+                sum(int(np.prod(v.shape)) for v in self.shared_variables()))
 
     def apply_network_gradients_to(self, variables):
-        """`apply(grads)`: one optimizer step of `variables`, group by group."""
-        def apply(grads):
+        """`apply(grads, finite=None)`: one optimizer step of `variables`, group by group.
+
+        `grads` are unscaled; under loss scaling (`finite` given: whether
+        the step is applied) each `LossScaleOptimizer` gets them times its
+        scale, or non-finite on an overflow step
+        (`keras_mtl.training.optimizers.loss_scaled`).
+        """
+        def apply(grads, finite=None):
             by_id = {id(v): g for v, g in zip(variables, grads)}
             for opt, vs in group_optimizers.split_by_optimizer(self, variables):
-                opt.apply([by_id[id(v)] for v in vs], vs)
+                gs = [by_id[id(v)] for v in vs]
+                if finite is not None:
+                    gs = group_optimizers.loss_scaled(opt, gs, finite)
+                opt.apply(gs, vs)
         return apply
 
     def task_objective_scale(self):
@@ -508,6 +530,10 @@ class MultiTaskModel(keras.Model):
             },
             "discriminator_weight": self.discriminator_weight,
         }
+        if self.dtype_policy.name != "float32":
+            # A mixed precision model reloads as one (its compile then wraps
+            # the optimizer in a LossScaleOptimizer again).
+            config["dtype"] = keras.dtype_policies.serialize(self.dtype_policy)
         if self.discriminator is not None:
             config["discriminator"] = keras.saving.serialize_keras_object(
                 self.discriminator

@@ -9,6 +9,14 @@ and trains with the custom loop `keras_mtl.distribute.fit`). A killed run
 restarted with the same flags resumes from its last epoch
 (`keras.callbacks.BackupAndRestore` in `<model_dir>/backup`).
 
+`--arch=ple` switches the model to a registered architecture
+(`keras_mtl.models.architectures`; the `gin/arch_*` configs configure
+every architecture of their family, e.g. `--gin_file=gin/arch_nyuv2_mmoe.gin
+--arch=dselect_k`).
+
+`--mixed_precision=float16|bfloat16` builds the model under Keras's
+`mixed_float16` / `mixed_bfloat16` policy (README, "Mixed precision").
+
 Run length, output directory, verbosity and checkpoint retention are flags;
 everything about the model, data and method is in gin (see
 keras_mtl/experiment.py for what `train` binds). Progress is one line per
@@ -49,6 +57,17 @@ flags.DEFINE_enum(
     "MultiWorkerMirroredStrategy, cluster from TF_CONFIG, trained by the "
     "custom loop keras_mtl.distribute.fit (Keras 3 fit fails there); tpu: "
     "TPUStrategy, a clear error when no TPU is found.")
+flags.DEFINE_string(
+    "arch", None,
+    "Multi-task architecture by name (keras_mtl.models.architectures, e.g. "
+    "mmoe, cgc, ple, dselect_k): binds train.model to its builder, after the "
+    "gin files. The builder's own parameters must be bound by the config "
+    "(gin/arch_<dataset>_*.gin configure every architecture they name).")
+flags.DEFINE_enum(
+    "mixed_precision", None, ["float32", "float16", "bfloat16"],
+    "Overrides train.mixed_precision: build the model under Keras's "
+    "mixed_float16 (dynamic loss scaling) or mixed_bfloat16 policy; "
+    "float32 variables, every balancer and its state in float32.")
 flags.mark_flag_as_required("model_dir")
 FLAGS = flags.FLAGS
 
@@ -68,10 +87,16 @@ def main(argv):
     import keras_mtl.models  # noqa: F401 (registers the model factories)
 
     bindings = list(FLAGS.gin_bindings)
+    if FLAGS.arch:
+        from keras_mtl.models import architectures
+
+        bindings.insert(0, architectures.gin_binding(FLAGS.arch))
     if FLAGS.steps is not None:
         bindings.append(f"train.steps = {FLAGS.steps}")
     if FLAGS.verbose is not None:
         bindings.append(f"train.verbose = {FLAGS.verbose}")
+    if FLAGS.mixed_precision is not None:
+        bindings.append(f"train.mixed_precision = {FLAGS.mixed_precision!r}")
     if FLAGS.keep_checkpoints is not None:
         keep = None if FLAGS.keep_checkpoints < 0 else FLAGS.keep_checkpoints
         bindings.append(f"train.keep_checkpoints = {keep}")

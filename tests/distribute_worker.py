@@ -106,6 +106,7 @@ def _balancer(name):
         "gradnorm": lambda: balancers.GradNorm(alpha=1.5),
         "imtl": lambda: balancers.IMTL(),
         "imtl_shared": lambda: balancers.IMTL(mode="shared"),
+        "mgda_shared": lambda: balancers.MGDA(mode="shared"),
         "uncertainty": lambda: balancers.UncertaintyWeighting(),
         "dwa": lambda: balancers.DWA(),
         "masked": lambda: balancers.EqualWeights(),
@@ -128,6 +129,7 @@ def build(case, strategy=None, jit_compile=False):
         model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE), loss="mse",
                       balancer=_balancer(name), jit_compile=jit_compile,
                       nonfinite="skip" if poisoned else "raise")
+        model.build_optimizers()  # and per-parameter balancer state, as `fit` would
     return model
 
 

@@ -120,9 +120,11 @@ def state(model):
     """[value] of every variable: network, optimizers, balancer and its optimizer."""
     import numpy as np
 
-    # skipped_steps arrived with the engine (not in the recordings).
+    # skipped_steps arrived with the engine, MGDA's warm_start (its previous
+    # min-norm weights) with issue 15: not in the recordings.
     variables = [v for v in model.variables
-                 if not any(n in v.path for n in ("skipped_steps", "layer_norms"))]
+                 if not any(n in v.path for n in ("skipped_steps", "layer_norms",
+                                                  "warm_start"))]
     variables += list(model.optimizer.variables)
     for opt in getattr(model, "group_optimizers", {}).values():
         variables += list(opt.variables)

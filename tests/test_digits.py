@@ -121,23 +121,78 @@ def test_lenet_shapes_seed_and_shared_layer():
         assert not np.array_equal(a.layers[0].kernel.numpy(), b.layers[0].kernel.numpy())
 
 
-def test_short_training_beats_chance_by_far():
-    keras.utils.set_random_seed(0)
-    train = digits.multidigits("train", repeat=True, batch_size=64)
-    test = digits.multidigits("test", batch_size=512)
-    model = lenet_multitask(input_shape=(12, 12, 1))
-    model.compile(
-        optimizer=keras.optimizers.Adam(1e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=digits.multidigits_metrics(),
-        balancer="gradnorm",
-    )
-    before = model.evaluate(test, verbose=0, return_dict=True)
-    model.fit(train, steps_per_epoch=250, epochs=1, verbose=0)
-    after = model.evaluate(test, verbose=0, return_dict=True)
-    for task in ("left", "right"):
-        assert before[f"{task}_accuracy"] < 0.2          # chance is 0.1
-        assert after[f"{task}_accuracy"] > 0.6, after
+def test_sweep_run_trains_beyond_chance_by_far(tmp_path):
+    """The demo's path (records="sweep", steps_per_execution > 1): 250 steps of
+    GradNorm beat chance by far, and the run writes only the sweep's records."""
+    from launch import digits_demo
+
+    _, metrics = digits_demo.train_one(
+        "gradnorm", "gradnorm", 0, str(tmp_path), 250, records="sweep",
+        steps_per_execution=10, threads=0)
+    for task in ("left", "right"):  # chance is 0.1
+        assert metrics[f"{task}_accuracy"] > 0.6, metrics
+    run = tmp_path / "gradnorm" / "seed_0"
+    assert sorted(p.name for p in run.iterdir()) == [
+        "metrics.json", "operative_config.gin", "task_weights.csv"]
+    trace = (run / "task_weights.csv").read_text().splitlines()
+    assert trace[1] == "0,1,1" and trace[2].startswith("10,") and len(trace) == 27
+
+
+@pytest.mark.slow
+def test_reuse_equals_a_fresh_full_run(tmp_path):
+    """A seed run on the re-initialised traced model of another seed (the demo's
+    sweep: records="sweep", steps_per_execution > 1) equals a fresh
+    `experiment.train` of that seed with full records, weight for weight."""
+    import json
+
+    from launch import digits_demo
+
+    steps, options = 250, dict(steps_per_execution=10, threads=0)
+    sweep = tmp_path / "sweep"
+    results = digits_demo.train_method(
+        "uncertainty", "uncertainty", (0, 1), str(sweep), steps, records="sweep",
+        reuse=True, **options)
+    assert [(seed, reused) for seed, _, _, reused in results] == [(0, False), (1, True)]
+    operative = (sweep / "uncertainty" / "seed_1" / "operative_config.gin").read_text()
+    assert "lenet_multitask.seed = 1" in operative and "multidigits.seed = 1" in operative
+
+    full = tmp_path / "full"
+    _, metrics = digits_demo.train_one(
+        "uncertainty", "uncertainty", 1, str(full), steps, records="full", reuse=False,
+        **options)
+    assert (full / "uncertainty" / "seed_1" / "model.keras").exists()
+    assert (full / "uncertainty" / "seed_1" / "tensorboard").is_dir()
+    reused = json.loads((sweep / "uncertainty" / "seed_1" / "metrics.json").read_text())
+    assert reused == {k: v for k, v in metrics.items() if k != "task_normalized_loss"}
+    assert reused["left_accuracy"] != results[0][2]["left_accuracy"]  # another seed
+    trace = (sweep / "uncertainty" / "seed_1" / "task_weights.csv").read_text()
+    assert trace == (full / "uncertainty" / "seed_1" / "task_weights.csv").read_text()
+
+
+def test_reuse_refuses_another_balancer_configuration():
+    from keras_mtl import balancers
+    from keras_mtl import experiment
+    from keras_mtl import training
+    from launch import digits_demo
+
+    assert digits_demo.reusable("gradnorm") and digits_demo.reusable("equal")
+    assert not digits_demo.reusable("rlw")  # its seed is traced into the step
+    assert not digits_demo.reusable("static")
+    data = digits.multidigits("train", num_examples=8, batch_size=4)
+
+    def compiled(balancer):
+        model = lenet_multitask()
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), balancer=balancer,
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return model
+
+    target = training.prepare(compiled(balancers.RLW(seed=0)), data)
+    with pytest.raises(ValueError, match="balancer differs.*'seed': 0.*'seed': 1"):
+        experiment.reuse_compiled_model(target, compiled(balancers.RLW(seed=1)), data)
+    other = compiled(balancers.RLW(seed=0))
+    experiment.reuse_compiled_model(target, other, data)
+    for a, b in zip(experiment.state_variables(target), experiment.state_variables(other)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
 def test_digits_demo_plan_and_gradnorm_static_bindings(tmp_path):
@@ -164,3 +219,27 @@ def test_digits_demo_plan_and_gradnorm_static_bindings(tmp_path):
     assert weights == pytest.approx({"left": 0.8, "right": 1.2})
     assert "keras_mtl.balancers.RLW.seed = 2" in digits_demo.balancer_bindings("rlw", 2, "")
     assert digits_demo.skip_reason("gradnorm") is None
+
+
+def _reusable_methods():
+    from launch import digits_demo
+
+    return [m for m, _ in digits_demo.plan([]) if digits_demo.reusable(m)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", _reusable_methods())
+def test_every_reusable_balancer_reruns_a_seed_exactly(method, tmp_path):
+    """The demo reuses a balancer's traced model across seeds: for every balancer it
+    does, the re-initialised run equals a freshly built one (weights trace and metrics)."""
+    from launch import digits_demo
+
+    options = dict(records="sweep", steps_per_execution=8, threads=0)
+    reused = digits_demo.train_method(method, method, (0, 1), str(tmp_path / "a"), 48,
+                                      reuse=True, **options)
+    assert reused[1][3], "seed 1 did not reuse the traced model"
+    _, fresh = digits_demo.train_one(method, method, 1, str(tmp_path / "b"), 48,
+                                     reuse=False, **options)
+    assert reused[1][2] == fresh
+    assert ((tmp_path / "a" / method / "seed_1" / "task_weights.csv").read_text()
+            == (tmp_path / "b" / method / "seed_1" / "task_weights.csv").read_text())

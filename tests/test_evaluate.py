@@ -47,6 +47,11 @@ CASES = {
     "mr_nyuv2_": ("mr_nyuv2_base.gin", {"seg_*": SEG, "depth": DEPTH, "normal": NORMAL},
                   "abs_error"),
     "digits_": ("digits_base.gin", {"*": CLASSIFIER}, "accuracy"),
+    "arch_nyuv2_": ("arch_nyuv2_mtan.gin", {"seg": SEG, "normal": NORMAL, "depth": DEPTH},
+                    "pixel_accuracy"),
+    "arch_cityscapes_": ("arch_cityscapes_mmoe.gin", {"seg": SEG, "depth": DEPTH}, "abs_error"),
+    "arch_celeba_": ("arch_celeba_ple.gin", {"*": {"loss", "precision", "recall", "fscore"}},
+                     "fscore"),
     "astmt_nyud_": ("astmt_nyud_sea.gin", {"seg": SEG, "normal": NORMAL, "depth": DEPTH | {"rmse"}},
                     "pixel_accuracy"),
 }

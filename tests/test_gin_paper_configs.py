@@ -82,6 +82,50 @@ FAMILIES = {
 }
 RUN = ["train.steps = 2", "train.steps_per_epoch = 2"]
 
+# Expert-based architectures (issue 14): gin/arch_<data>_experts_base.gin
+# configures all four builders; arch_<data>_<arch>.gin picks one.
+RESNET_EXPERT_SMALL = [
+    "HEAD_HIDDEN = 4",
+    "resnet_expert.stage_blocks = (1, 1, 1, 1)",
+    "resnet_expert.stage_filters = (8, 8, 16, 16)",
+    "resnet_expert.bottleneck_filters = (2, 2, 4, 4)",
+    "resnet_expert.stem_filters = 4",
+    "lower/resnet_expert.stage_blocks = (1, 1)",
+    "lower/resnet_expert.stage_filters = (8, 8)",
+    "lower/resnet_expert.bottleneck_filters = (2, 2)",
+    "upper/resnet_expert.stage_blocks = (1, 1)",
+    "upper/resnet_expert.stage_filters = (16, 16)",
+    "upper/resnet_expert.bottleneck_filters = (4, 4)",
+]
+RESNET18_EXPERT_SMALL = [
+    "resnet_expert.stage_blocks = (1, 1, 1, 1)",
+    "resnet_expert.stage_filters = (4, 4, 8, 8)",
+    "resnet_expert.stem_filters = 4",
+    "lower/resnet_expert.stage_blocks = (1, 1)",
+    "lower/resnet_expert.stage_filters = (4, 4)",
+    "upper/resnet_expert.stage_blocks = (1, 1)",
+    "upper/resnet_expert.stage_filters = (8, 8)",
+]
+
+# MTAN, Cross-stitch, LTB (issue 14): gin/arch_<data>_columns_base.gin
+# configures all three builders; arch_<data>_<arch>.gin picks one.
+COLUMNS_SMALL = [
+    f"{fn}.{key} = {value}"
+    for fn in ("mtan_multitask", "cross_stitch_multitask", "ltb_multitask")
+    for key, value in (("stage_blocks", "(1, 1, 1, 1)"), ("stage_filters", "(8, 8, 16, 16)"),
+                       ("bottleneck_filters", "(2, 2, 4, 4)"), ("stem_filters", "4"),
+                       ("head_filters", "4"))
+]
+# One family per dataset: its bindings shrink every architecture's builder.
+FAMILIES["arch_nyuv2_"] = [
+    "NYUV2_DIR = '{nyuv2}'", "nyuv2.batch_size = 2"] + RESNET_EXPERT_SMALL + COLUMNS_SMALL
+FAMILIES["arch_cityscapes_"] = [
+    "CITYSCAPES_DIR = '{cityscapes}'", "cityscapes.batch_size = 2",
+] + RESNET_EXPERT_SMALL + COLUMNS_SMALL
+FAMILIES["arch_celeba_"] = [
+    "CELEBA_DIR = '{celeba}'", "celeba.batch_size = 2", "celeba.image_size = (32, 32)",
+] + RESNET18_EXPERT_SMALL
+
 
 def family(path):
     name = os.path.basename(path)

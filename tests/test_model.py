@@ -244,3 +244,14 @@ def test_accuracy_resolves_from_each_tasks_loss_like_a_keras_model():
     expected_bin = np.mean((out["bin"] > 0.5).astype("float32") == y["bin"])
     assert logs["cls_accuracy"] == pytest.approx(expected_cls, abs=1e-6)
     assert logs["bin_accuracy"] == pytest.approx(expected_bin, abs=1e-6)
+
+
+def test_eager_train_on_batch_with_numpy_labels_checks_shapes():
+    model = toy_mlp(num_tasks=2, width=8, depth=1, seed=0)
+    model.compile(optimizer="sgd", loss="mse", run_eagerly=True)
+    x = np.ones((4, 250), "float32")
+    y = {"task_0": np.ones((4, 100), "float32"), "task_1": np.zeros((4, 100), "float32")}
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert np.isfinite(logs["loss"])
+    with pytest.raises(ValueError, match="does not fit the labels of shape"):
+        model.train_on_batch(x, {**y, "task_1": np.zeros((4, 3), "float32")})

@@ -29,6 +29,11 @@ METHODS = {
     "fairgrad": lambda g: ops.fairgrad_weights(g),
     "gradvac": lambda g: ops.gradvac_weights(
         g, tf.fill([g.shape[0], g.shape[0]], 0.5), seed=(3, 4))[0],
+    "db_mtl": lambda g: ops.db_mtl_weights(g),
+    "moco": lambda g: ops.moco_weights(g),
+    # a loss weighting (weights 1 in, sum T out), not a weighting of G
+    "excess_mtl": lambda g: ops.excess_mtl_weights(
+        tf.ones(tf.shape(g)[:1], g.dtype), ops.excess_risks(g)[0], step_size=0.5),
 }
 ORDER_FREE = [m for m in METHODS if m not in ("pcgrad", "gradvac")]  # random orders
 
@@ -96,7 +101,8 @@ def test_permutation_two_tasks(method):
 @pytest.mark.parametrize("case", ["random_t5", "random_t12"])
 @pytest.mark.parametrize(
     "method",
-    ["imtl_g", "mgda", "mgda_closed_form", "pcgrad", "upgrad", "dualproj", "cagrad", "gradvac"],
+    ["imtl_g", "mgda", "mgda_closed_form", "pcgrad", "upgrad", "dualproj", "cagrad", "gradvac",
+     "db_mtl"],
 )
 def test_scaling_all_gradients_keeps_weights(method, case):
     grads = INPUTS[case]
@@ -123,6 +129,8 @@ SINGLE_TASK_WEIGHT = {
     # Nash-MTL: 25 a^2 = 1; FairGrad (alpha = 2): 25 w = w^(-1/2); Aligned: B = 1.
     "upgrad": 1.0, "dualproj": 1.0, "cagrad": 1.4, "nash_mtl": 0.2, "aligned_mtl": 1.0,
     "fairgrad": 25.0 ** (-2 / 3), "gradvac": 1.0,
+    # DB-MTL: max norm / own norm; MoCo: the simplex of one task; ExcessMTL: sum T = 1
+    "db_mtl": 1.0, "moco": 1.0, "excess_mtl": 1.0,
 }
 # d = 0: every gradient is the zero vector; the weights of the ops of this file.
 ZERO_DIM_WEIGHTS = {
@@ -131,6 +139,8 @@ ZERO_DIM_WEIGHTS = {
     # zero rows constrain nothing and get 0; CAGrad keeps the mean
     "upgrad": 0.0, "dualproj": 0.0, "cagrad": 1 / 3, "nash_mtl": 0.0, "aligned_mtl": 0.0,
     "fairgrad": 0.0, "gradvac": 0.0,
+    # MoCo keeps the uniform start; ExcessMTL's zero risks keep the weights 1
+    "db_mtl": 0.0, "moco": 1 / 3, "excess_mtl": 1.0,
 }
 
 
@@ -197,6 +207,11 @@ MASKED = {
     "gradvac": lambda g, m: ops.gradvac_weights(
         g, tf.fill([g.shape[0], g.shape[0]], 0.5), seed=(3, 4), mask=m)[0],
     "upgrad_combined": lambda g, m: ops.upgrad(g, mask=m),
+    "db_mtl": lambda g, m: ops.db_mtl_weights(g, mask=m),
+    "moco": lambda g, m: ops.moco_weights(g, mask=m),
+    "excess_mtl": lambda g, m: ops.excess_mtl_weights(
+        tf.ones(tf.shape(g)[:1], g.dtype), ops.excess_risks(g, mask=m)[0], step_size=0.5,
+        mask=m),
 }
 NON_FINITE_ROWS = {
     "nan": [np.nan] * 5,
@@ -382,6 +397,51 @@ def test_mgda_frank_wolfe_converges_from_the_best_pair():
         )
         assert int(iters) <= most, (case, int(iters))
         _check_min_norm_kkt(grads, alpha.numpy(), rtol=1e-8)
+
+
+def test_mgda_warm_start_certifies_at_once_and_bad_starts_are_ignored():
+    """From the previous solution: no step, same weights; an unusable start
+    (NaN, negative, all zero, masked-only mass) changes nothing."""
+    for case in ("random_t12", "badly_scaled", "more_tasks_than_dims"):
+        grads = INPUTS[case]
+        gram = grads @ grads.T
+        cold, _ = ops.min_norm_weights_from_gramian(gram, return_iterations=True)
+        warm, iters = ops.min_norm_weights_from_gramian(
+            gram, return_iterations=True, initial=cold)
+        assert int(iters) == 0, case
+        np.testing.assert_allclose(warm.numpy(), cold.numpy(), atol=1e-12)
+        num = len(grads)
+        for bad in (np.full(num, np.nan), -np.ones(num), np.zeros(num)):
+            got = ops.min_norm_weights_from_gramian(gram, initial=bad).numpy()
+            _check_min_norm_kkt(grads, got, rtol=1e-8)
+    # A start from a nearby problem: still the exact (KKT) answer.
+    rng = np.random.default_rng(5)
+    grads = INPUTS["random_t12"]
+    moved = grads + 0.05 * rng.normal(size=grads.shape)
+    start = ops.min_norm_weights_from_gramian(grads @ grads.T)
+    w = ops.min_norm_weights_from_gramian(moved @ moved.T, initial=start).numpy()
+    _check_min_norm_kkt(moved, w, rtol=1e-8)
+    # mgda_weights: the returned alpha warm-starts the next call.
+    w1, alpha = ops.mgda_weights(moved, normalization="loss+", losses=np.arange(1.0, 13.0),
+                                 return_alpha=True)
+    w2 = ops.mgda_weights(moved, normalization="loss+", losses=np.arange(1.0, 13.0),
+                          initial=alpha)
+    np.testing.assert_allclose(w2.numpy(), w1.numpy(), rtol=1e-9, atol=1e-15)
+
+
+def test_mgda_balancer_keeps_its_warm_start_as_state():
+    from keras_mtl import balancers
+
+    bal = balancers.MGDA()
+    bal.build([f"t{i}" for i in range(12)])
+    assert any("warm_start" in v.path for v in bal.state_variables())
+    grads = tf.constant(INPUTS["random_t12"], "float32")
+    present = tf.ones([12])
+    bal.aggregate(grads, tf.ones([12]), present)
+    alpha = bal.alpha.numpy()
+    assert abs(alpha.sum() - 1) < 1e-6 and np.all(alpha >= 0)
+    np.testing.assert_allclose(alpha, bal.last_weights.numpy(), rtol=1e-6, atol=1e-7)
+    assert not hasattr(balancers.MGDA(solver="closed_form"), "alpha")
 
 
 def test_mgda_zero_row_and_mask():

@@ -1,10 +1,13 @@
-"""The papers' guarantees of UPGrad, DualProj, CAGrad, Nash-MTL, Aligned-MTL and FAMO.
+"""The papers' guarantees of the zoo ops (UPGrad, DualProj, CAGrad, Nash-MTL,
+Aligned-MTL, FAMO, FairGrad, GradVac, GradDrop, STCH, RLW, DB-MTL, MoCo, ExcessMTL).
 
 Reference values come from NumPy/SciPy written from each paper's equations
 (an NNLS for the dual-cone projections, SLSQP on CAGrad's dual, an
 eigendecomposition for Aligned-MTL). The shared properties (shapes, finite
 values, permutations, scales) are in test_ops_properties.py.
 """
+
+import itertools
 
 import numpy as np
 import pytest
@@ -506,3 +509,200 @@ def test_stch_is_a_smooth_maximum_with_softmax_gradient():
     masked = ops.stch_loss(losses, nadir, mu=mu, present=[1, 0, 1], epsilon=0.0)
     sub = ops.stch_loss(tf.gather(losses, [0, 2]), tf.gather(nadir, [0, 2]), mu=mu, epsilon=0.0)
     np.testing.assert_allclose(float(masked), float(sub), rtol=1e-6)
+
+
+# --- DB-MTL --------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_db_mtl_gives_every_task_the_largest_gradient_norm(case):
+    """Gradient-magnitude balance: each rescaled gradient has the maximum norm."""
+    grads = CASES[case]
+    w = _w(ops.db_mtl_weights, grads)
+    norms = np.linalg.norm(grads, axis=1)
+    nonzero = norms > 0
+    np.testing.assert_allclose(w[nonzero] * norms[nonzero], norms.max(), rtol=1e-12)
+    assert np.all(w[~nonzero] == 0.0)
+    want = sum(norms.max() / n * g for n, g in zip(norms, grads) if n > 0)
+    np.testing.assert_allclose(_w(ops.db_mtl, grads), want, rtol=1e-9,
+                               atol=1e-12 * norms.max() * len(grads))
+
+
+def _db_mtl_ema_reference(steps, beta, sigma, eps=1e-8):
+    """The authors' recursion: buf = g/(L+eps) + beta/k^sigma (buf - g/(L+eps))."""
+    buf = np.zeros_like(steps[0][0])
+    for k, (grads, losses) in enumerate(steps, start=1):
+        log_grads = grads / (losses + eps)[:, None]
+        buf = log_grads + beta / k**sigma * (buf - log_grads)
+    return buf
+
+
+def test_db_mtl_ema_follows_the_log_loss_gradients_and_ignores_loss_scales():
+    rng = np.random.default_rng(3)
+    steps = [(rng.normal(size=(3, 7)), rng.uniform(0.5, 2.0, size=3)) for _ in range(4)]
+    buf = tf.zeros([3, 7], "float64")
+    for k, (grads, losses) in enumerate(steps, start=1):
+        buf = ops.db_mtl_ema(buf, grads, losses, [k] * 3, beta=0.9, beta_sigma=0.5)
+    np.testing.assert_allclose(buf.numpy(), _db_mtl_ema_reference(steps, 0.9, 0.5), rtol=1e-12)
+    # Loss-scale balance: L_t -> c_t L_t (so g_t -> c_t g_t) leaves log L_t's
+    # gradient, hence the buffer and the direction, unchanged.
+    scales = np.array([1e-6, 1.0, 1e6])
+    scaled = tf.zeros([3, 7], "float64")
+    for k, (grads, losses) in enumerate(steps, start=1):
+        scaled = ops.db_mtl_ema(scaled, grads * scales[:, None], losses * scales, [k] * 3,
+                                epsilon=0.0)
+    plain = _db_mtl_ema_reference(steps, 0.9, 0.0, eps=0.0)
+    np.testing.assert_allclose(scaled.numpy(), plain, rtol=1e-9)
+    # an excluded task's buffer is kept and its (NaN) row never read
+    bad = steps[0][0].copy()
+    bad[1] = np.nan
+    kept = ops.db_mtl_ema(buf, bad, steps[0][1], [5, 5, 5], mask=[1, 0, 1]).numpy()
+    np.testing.assert_array_equal(kept[1], buf.numpy()[1])
+    assert np.all(np.isfinite(kept))
+
+
+# --- MoCo ------------------------------------------------------------------------------------
+def _simplex_projection_reference(v):
+    """Projection onto the simplex by bisection on the threshold (not by sorting)."""
+    lo, hi = v.min() - 1.0, v.max()
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if np.maximum(v - mid, 0).sum() > 1 else (lo, mid)
+    return np.maximum(v - (lo + hi) / 2, 0)
+
+
+def test_moco_weight_step_is_the_projected_gradient_step():
+    rng = np.random.default_rng(4)
+    for trial in range(10):
+        y = rng.normal(size=(4, 6)) * rng.choice([0.1, 1.0, 10.0], size=(4, 1))
+        lam = rng.dirichlet(np.ones(4))
+        gamma, rho = rng.choice([0.01, 0.1, 1.0]), rng.choice([0.0, 0.5])
+        want = _simplex_projection_reference(lam - gamma * (y @ y.T + rho * np.eye(4)) @ lam)
+        got = ops.moco_weights(y, lam, gamma=gamma, rho=rho).numpy()
+        np.testing.assert_allclose(got, want, atol=1e-12)
+        v = rng.normal(size=5) * 3
+        np.testing.assert_allclose(ops.simplex_projection(v).numpy(),
+                                   _simplex_projection_reference(v), atol=1e-12)
+
+
+def _regularised_min_norm(grads, rho):
+    """argmin over the simplex of 1/2 ||G^T l||^2 + rho/2 ||l||^2, by enumerating faces."""
+    m = grads @ grads.T + rho * np.eye(len(grads))
+    best = None
+    for size in range(1, len(grads) + 1):
+        for face in itertools.combinations(range(len(grads)), size):
+            face = list(face)
+            kkt = np.block([[m[np.ix_(face, face)], np.ones((size, 1))],
+                            [np.ones((1, size)), np.zeros((1, 1))]])
+            sol = np.linalg.lstsq(kkt, np.r_[np.zeros(size), 1.0], rcond=None)[0][:size]
+            if np.all(sol >= -1e-12):
+                lam = np.zeros(len(grads))
+                lam[face] = sol
+                value = lam @ m @ lam
+                if best is None or value < best[0]:
+                    best = (value, lam)
+    return best[1]
+
+
+def test_moco_weights_converge_to_the_regularised_mgda_weights():
+    """With exact gradients (Y fixed) MoCo's weight iteration converges to the
+    minimiser of its objective: MGDA's min-norm weights for rho = 0."""
+    grads = CASES["t12"][:4] * np.array([[0.8], [1.0], [1.2], [1.4]])  # condition number 2.8
+    top = np.linalg.eigvalsh(grads @ grads.T).max()
+
+    @tf.function
+    def iterate(y, rho):
+        gamma = 1.0 / (top + rho)
+        return tf.while_loop(lambda i, lam: i < 80,  # error ~ (1 - 1/2.8)^80
+                             lambda i, lam: (i + 1, ops.moco_weights(y, lam, gamma, rho)),
+                             (0, tf.fill([4], tf.constant(0.25, "float64"))))[1]
+
+    for rho in (0.0, 10.0):  # 10 moves the solution by ~0.05
+        got = iterate(tf.constant(grads), tf.constant(rho, "float64")).numpy()
+        np.testing.assert_allclose(got, _regularised_min_norm(grads, rho), atol=1e-6,
+                                   err_msg=str(rho))
+
+
+def test_moco_tracking_removes_the_gradient_noise():
+    """The tracked y_t is an average of unbiased noisy gradients with weights
+    beta_k -> 0: its error vanishes while a single sample's does not."""
+    true = CASES["t5"][:3, :8]
+
+    @tf.function
+    def track(y):
+        def body(k, y):
+            noise = tf.random.stateless_normal([3, 8], seed=tf.stack([k, 7]), dtype="float64")
+            counts = tf.fill([3], tf.cast(k, "float64"))
+            return k + 1, ops.moco_track(y, true + noise, counts, beta=0.5, beta_sigma=0.5)
+        return tf.while_loop(lambda k, y: k <= 2000, body, (1, y))[1]
+
+    y = track(tf.zeros([3, 8], "float64")).numpy()
+    # residual variance beta_K / 2 = 0.25 / sqrt(2000): rms error ~0.075, vs 1
+    assert np.sqrt(np.mean((y - true) ** 2)) < 0.15
+    # one step from zero with beta = 0.5: half the gradient
+    np.testing.assert_allclose(ops.moco_track(np.zeros((3, 8)), true, [1, 1, 1]).numpy(),
+                               0.5 * true, rtol=1e-12)
+
+
+# --- ExcessMTL -------------------------------------------------------------------------------
+def _excess_mtl_reference(steps, eta, eps):
+    """Risks g^T H^-1 g with H = diag(sqrt(sum g^2 + eps)); w *= exp(eta r / r0), sum T."""
+    acc, w, initial, out = np.zeros_like(steps[0]), np.ones(len(steps[0])), None, []
+    for grads in steps:
+        acc = acc + grads**2
+        risks = np.sum(grads**2 / np.sqrt(acc + eps), axis=1)
+        initial = risks if initial is None else initial
+        w = w * np.exp(eta * risks / initial)
+        w = w / w.sum() * len(w)
+        out.append((risks, acc, w))
+    return out
+
+
+def test_excess_risks_and_weights_follow_the_paper_equations():
+    rng = np.random.default_rng(5)
+    steps = [rng.normal(size=(3, 6)) * np.array([[0.1], [1.0], [10.0]]) for _ in range(4)]
+    eta = 0.3
+    sums, weights, first = None, tf.ones(3, "float64"), None
+    for grads, (risks, acc, w) in zip(steps, _excess_mtl_reference(steps, eta, 1e-7)):
+        got, sums = ops.excess_risks(grads, sums)
+        first = got if first is None else first
+        weights = ops.excess_mtl_weights(weights, got, first, step_size=eta)
+        np.testing.assert_allclose(got.numpy(), risks, rtol=1e-12)
+        np.testing.assert_allclose(sums.numpy(), acc, rtol=1e-12)
+        np.testing.assert_allclose(weights.numpy(), w, rtol=1e-12)
+    # dividing by the first estimate makes the weights blind to the loss scales
+    scales = np.array([1e-4, 1.0, 1e4])[:, None]
+    sums, weights, first = None, tf.ones(3, "float64"), None
+    for grads in steps:
+        got, sums = ops.excess_risks(grads * scales, sums, epsilon=0.0)
+        first = got if first is None else first
+        weights = ops.excess_mtl_weights(weights, got, first, step_size=eta)
+    w = _excess_mtl_reference(steps, eta, 0.0)[-1][2]
+    np.testing.assert_allclose(weights.numpy(), w, rtol=1e-9)
+    # excluded tasks keep their weight; the others share the rest
+    out = ops.excess_mtl_weights([1.0, 2.0, 1.0], [1.0, 5.0, 0.0], step_size=1.0,
+                                 mask=[1, 0, 1]).numpy()
+    np.testing.assert_allclose(out, [2 * np.e / (np.e + 1), 2.0, 2 / (np.e + 1)], rtol=1e-6)
+    with pytest.raises(ValueError, match="step_size=-1"):
+        ops.excess_mtl_weights([1.0], [1.0], step_size=-1)
+
+
+@pytest.mark.slow  # each op also compiles under XLA in test_ops_properties.py's edge cases
+def test_new_zoo_ops_compile_under_xla_and_match_eager():
+    grads = tf.constant(CASES["t5"], "float32")
+    mask = tf.constant([1.0, 1.0, 0.0, 1.0, 1.0])
+    lam = tf.constant([0.1, 0.2, 0.3, 0.2, 0.2])
+    fns = {
+        "db_mtl": lambda g, m: ops.db_mtl_weights(g, mask=m),
+        "db_mtl_ema": lambda g, m: ops.db_mtl_ema(g * 0.5, g, tf.ones(5), tf.fill([5], 3.0),
+                                                  beta_sigma=0.5, mask=m),
+        "moco": lambda g, m: ops.moco_weights(g, lam, gamma=0.05, rho=0.1, mask=m),
+        "moco_track": lambda g, m: ops.moco_track(g * 0.5, g, tf.fill([5], 2.0), mask=m),
+        "excess_mtl": lambda g, m: ops.excess_mtl_weights(
+            tf.ones(5), ops.excess_risks(g, g * g, mask=m)[0], tf.fill([5], 0.5), mask=m),
+    }
+    def all_ops(g, m):
+        return {name: fn(g, m) for name, fn in fns.items()}
+
+    compiled = tf.function(all_ops, jit_compile=True)(grads, mask)  # one XLA compile
+    for name, fn in fns.items():
+        np.testing.assert_allclose(compiled[name].numpy(), fn(grads, mask).numpy(),
+                                   rtol=2e-5, atol=1e-7, err_msg=name)

@@ -187,11 +187,23 @@ def _data(n=32, seed=0):
 
 def _toy(name):
     model = toy_mlp(num_tasks=2, width=8, depth=2, seed=0)
-    model.compile(optimizer="adam", loss="mse", balancer=_make_balancer(name))
+    # Eager: the same step without a trace per model (graph and XLA fits
+    # of every balancer run in test_balancers_gradient.py).
+    model.compile(optimizer="adam", loss="mse", balancer=_make_balancer(name),
+                  run_eagerly=True)
     return model
 
 
-@pytest.mark.parametrize("name", balancers.distinct_names())
+# One balancer per kind of state in the default run; every registered one
+# (a new balancer joins by registering) under `-m slow`.
+_STATE_KINDS = {
+    "equal", "gradnorm", "imtl", "pcgrad", "dwa", "mgda", "nash_mtl", "famo", "db_mtl",
+}
+
+
+@pytest.mark.parametrize("name", [
+    n if n in _STATE_KINDS else pytest.param(n, marks=pytest.mark.slow)
+    for n in balancers.distinct_names()])
 def test_keras_file_and_tf_checkpoint_keep_all_state(name, tmp_path):
     x, y = _data()
     model = _toy(name)
@@ -201,7 +213,7 @@ def test_keras_file_and_tf_checkpoint_keep_all_state(name, tmp_path):
     from_file = keras.saving.load_model(tmp_path / "m.keras")
     from_ckpt = _toy(name)
     from_ckpt(x[:1])
-    from_ckpt.optimizer.build(from_ckpt.network_variables())
+    from_ckpt.build_optimizers()  # optimizer slots and per-parameter balancer state
     tf.train.Checkpoint(model=from_ckpt).read(str(tmp_path / "ckpt")).assert_consumed()
     reference = _state(model)
     for restored in (from_file, from_ckpt):
@@ -211,6 +223,7 @@ def test_keras_file_and_tf_checkpoint_keep_all_state(name, tmp_path):
             np.testing.assert_array_equal(a, b)
     # The restored models continue exactly like the original.
     x2, y2 = _data(16, seed=1)
+    from_file.run_eagerly = True
     for m in (model, from_file, from_ckpt):
         keras.utils.set_random_seed(7)
         m.fit(x2, y2, batch_size=8, epochs=1, verbose=0, shuffle=False)

@@ -115,3 +115,51 @@ def _task_grad(model, x, y, task):
         loss = tf.reduce_mean(tf.square(out[task] - y[task]))
     g = tape.gradient(loss, model.encoder.shared.kernel)
     return g.numpy().ravel()
+
+
+class Stages(keras.layers.Layer):
+    """Returns two stages of one trunk, the second computed from the first."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.first = keras.layers.Dense(6, activation="tanh")
+        self.second = keras.layers.Dense(4, activation="tanh")
+
+    def build(self, input_shape):
+        self.first.build(input_shape)
+        self.second.build((None, 6))
+
+    def call(self, x):
+        a = self.first(x)
+        return [a, self.second(a)]
+
+
+class ReadsBoth(keras.layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(1)
+
+    def build(self, input_shape):
+        self.dense.build((None, 10))
+
+    def call(self, z):
+        return self.dense(tf.concat(z, axis=-1))
+
+
+def test_parts_of_z_that_depend_on_each_other_are_not_counted_twice():
+    """A step equals plain SGD on the summed loss when z = [a, f(a)]."""
+    x, y = _data()
+    keras.utils.set_random_seed(1)
+    model = MultiTaskModel(Stages(), {"t0": ReadsBoth(), "t1": ReadsBoth()})
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", balancer="equal")
+    model.build_from_batch(x[:2])
+    variables = model.encoder.trainable_variables
+    before = [v.numpy().copy() for v in variables]
+    with tf.GradientTape() as tape:
+        z = model.encoder(x)
+        total = tf.add_n([tf.reduce_mean(tf.square(model.heads[t](z) - y[t]))
+                          for t in ("t0", "t1")])
+    grads = tape.gradient(total, variables)
+    model.train_on_batch(x, y)
+    for b, v, g in zip(before, variables, grads):
+        np.testing.assert_allclose(b - v.numpy(), 0.1 * g.numpy(), rtol=1e-4, atol=1e-7)

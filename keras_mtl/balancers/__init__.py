@@ -14,11 +14,14 @@ from keras_mtl.balancers.base import SHARED_GRADS
 from keras_mtl.balancers.base import Balancer
 from keras_mtl.balancers.base import BalancerWarning
 from keras_mtl.balancers.base import GradientBalancer
+from keras_mtl.balancers.base import TrackedGradientBalancer
 from keras_mtl.balancers.aligned_mtl import AlignedMTL
 from keras_mtl.balancers.cagrad import CAGrad
+from keras_mtl.balancers.db_mtl import DBMTL
 from keras_mtl.balancers.dualproj import DualProj
 from keras_mtl.balancers.equal import EqualWeights
 from keras_mtl.balancers.dwa import DWA
+from keras_mtl.balancers.excess_mtl import ExcessMTL
 from keras_mtl.balancers.famo import FAMO
 from keras_mtl.balancers.fairgrad import FairGrad
 from keras_mtl.balancers.gls import GLS
@@ -29,6 +32,7 @@ from keras_mtl.balancers.imtl import IMTL
 from keras_mtl.balancers.imtl import IMTLG
 from keras_mtl.balancers.imtl import IMTLL
 from keras_mtl.balancers.mgda import MGDA
+from keras_mtl.balancers.moco import MoCo
 from keras_mtl.balancers.nash_mtl import NashMTL
 from keras_mtl.balancers.pcgrad import PCGrad
 from keras_mtl.balancers.rlw import RLW
@@ -67,6 +71,11 @@ ALL_BALANCERS = {
     "graddrop": GradDrop,
     "gradvac": GradVac,
     "stch": STCH,
+    "db_mtl": DBMTL,
+    "dbmtl": DBMTL,
+    "moco": MoCo,
+    "excess_mtl": ExcessMTL,
+    "excessmtl": ExcessMTL,
 }
 
 

@@ -45,6 +45,13 @@ class Balancer(keras.layers.Layer):
       maps the task-gradient matrix G (T x d) to the shared direction (d,).
     - `update(losses, present)`: the balancer's own state update, once per
       step, after the network's gradients are taken.
+    - `build_gradient_state(dim)`: called by the model once its shared
+      variables exist (`MultiTaskModel.build_optimizers`: before the first
+      traced step, under the distribution strategy's scope) with `dim`, the
+      total size of the shared variables, i.e. the number of columns of G in
+      `SHARED_GRADS` mode. Balancers with per-task gradient state (T, dim)
+      create it here (see `TrackedGradientBalancer`); the default does
+      nothing. It must be idempotent.
 
     `losses` is a float32 vector (T,) of per-task mean losses, `present` a
     float32 vector (T,) of 1.0 for the tasks that take part in the step and
@@ -64,6 +71,9 @@ class Balancer(keras.layers.Layer):
     requires = LOSSES
 
     def __init__(self, optimizer=None, name=None, **kwargs):
+        # State and arithmetic in float32 whatever the global dtype policy
+        # (mixed_float16 / mixed_bfloat16 apply to the network only).
+        kwargs.setdefault("dtype", "float32")
         super().__init__(name=name, trainable=False, **kwargs)
         self._optimizer_config = optimizer
         self.optimizer = None
@@ -94,6 +104,12 @@ class Balancer(keras.layers.Layer):
 
     def build_state(self, num_tasks):
         """Creates the Keras variables of the balancer's state (override)."""
+
+    def build_gradient_state(self, dim):
+        """Creates state sized by the shared parameters' total size (override).
+
+        The default does nothing; see the class docstring.
+        """
 
     def default_optimizer(self):
         return keras.optimizers.Adam(learning_rate=0.025)
@@ -279,6 +295,80 @@ class GradientBalancer(Balancer):
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
+
+
+class TrackedGradientBalancer(GradientBalancer):
+    """Base of the balancers that keep a per-task state of the gradients (T, d).
+
+    DB-MTL's gradient EMA, MoCo's tracked gradients and ExcessMTL's
+    accumulated squared gradients carry one entry per column of G from step
+    to step. That is only meaningful at the parameter level
+    (`mode="shared"`, d = the number of shared parameters, fixed once the
+    model is built): in `"features"` mode the columns are per-example
+    gradients at the shared representation, whose number and meaning change
+    with every batch, so these balancers reject it.
+
+    The state is created by `build_gradient_state(dim)`, which the model
+    calls before the first traced step (`build_gradient_variables(num_tasks,
+    dim)` in subclasses). Called eagerly on an unprepared balancer,
+    `aggregate` creates it from the matrix it receives.
+    """
+
+    def __init__(self, mode="shared", optimizer=None, name=None, **kwargs):
+        if mode == "features":
+            raise ValueError(
+                f"{type(self).__name__} keeps a per-task state of the gradients "
+                "(one entry per column of the task-gradient matrix) from step to "
+                "step. In mode='features' the columns are per-example gradients "
+                "at the shared representation: their number and meaning change "
+                "with every batch, so the state cannot carry across steps. Use "
+                "mode='shared' (gradients w.r.t. every shared parameter)."
+            )
+        super().__init__(mode=mode, optimizer=optimizer, name=name, **kwargs)
+        self.gradient_dim = None
+
+    def build_gradient_state(self, dim):
+        dim = int(dim)
+        if not self.built:
+            raise ValueError(
+                f"{type(self).__name__}.build_gradient_state needs the task "
+                "names first: build the balancer (or compile the model) before."
+            )
+        if self.gradient_dim is not None:
+            if dim != self.gradient_dim:
+                raise ValueError(
+                    f"{type(self).__name__} was built for {self.gradient_dim} "
+                    f"shared parameters, but the model has {dim}. A balancer with "
+                    "gradient state belongs to one model: use a new instance."
+                )
+            return
+        from keras_mtl import _keras_compat
+
+        self.gradient_dim = dim
+        with _keras_compat.unlocked_state(self):
+            self.build_gradient_variables(self.num_tasks, dim)
+
+    def build_gradient_variables(self, num_tasks, dim):
+        """Creates the (num_tasks, dim) state variables (override)."""
+
+    def ensure_gradient_state(self, grads):
+        """Checks (or, eagerly, creates) the state for the matrix `grads`."""
+        dim = grads.shape[1]
+        if self.gradient_dim is None:
+            if not tf.executing_eagerly() or dim is None:
+                raise RuntimeError(
+                    f"{type(self).__name__} keeps per-parameter state that must "
+                    "exist before the first traced step: `model.fit` creates it; "
+                    "otherwise call `model.build_optimizers()` (or "
+                    "`balancer.build_gradient_state(num_shared_parameters)`) "
+                    "first."
+                )
+            self.build_gradient_state(dim)
+        elif dim is not None and dim != self.gradient_dim:
+            raise ValueError(
+                f"{type(self).__name__} was built for {self.gradient_dim} shared "
+                f"parameters, but received gradients of size {dim}."
+            )
 
 
 def resolve_seed(seed):

@@ -171,7 +171,26 @@ class GradNorm(Balancer):
         return [self.task_weight_values]
 
     def find_kernel(self, encoder):
-        """The kernel W: of the layer named `layer`, else the encoder's last one."""
+        """The kernel W: of the layer named `layer`, else the encoder's last one.
+
+        An encoder whose last kernel in layer order is not on every task's
+        path declares its shared kernel with a `gradnorm_kernel()` method
+        (e.g. a branching encoder: its stem), returning None when it has
+        none (e.g. cross-stitch columns): GradNorm then needs `layer=`.
+        """
+        hook = getattr(encoder, "gradnorm_kernel", None)
+        if self.layer is None and callable(hook):
+            kernel = hook()
+            if kernel is None:
+                reason = getattr(encoder, "no_shared_kernel_reason", "")
+                raise ValueError(
+                    "GradNorm balances gradient norms at a kernel on every "
+                    f"task's path, and encoder '{encoder.name}' has none"
+                    + (f" ({reason})" if reason else "") + ". Use a loss-based "
+                    "balancer or a parameter-level one (mode='shared'), or "
+                    "name a layer with GradNorm(layer=...)."
+                )
+            return kernel
         layers = flatten_layers(encoder)
         task_specific = {
             id(v) for l in task_variable_layers(encoder)

@@ -7,6 +7,7 @@ from keras_mtl.callbacks.history import BalancerHistory
 from keras_mtl.callbacks.history import TaskNormalizedLoss
 from keras_mtl.callbacks.history import mean_task_losses
 from keras_mtl.callbacks.adversary import ReversalStrengthScheduler
+from keras_mtl.callbacks.branch_temperature import BranchTemperature
 from keras_mtl.callbacks.checkpoints import RotatingCheckpoint
 from keras_mtl.callbacks.csv_history import CSVHistory
 from keras_mtl.callbacks.normalized_loss import NormalizedLoss

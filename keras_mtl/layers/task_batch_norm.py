@@ -70,18 +70,21 @@ class TaskBatchNormalization(TaskConditionedLayer):
         shape = (int(channels),)
         self.gammas, self.betas, self.moving_means, self.moving_variances = [], [], [], []
         for t in range(self.num_tasks):
+            # float32 and never autocast, like Keras's BatchNormalization:
+            # the statistics and the normalisation are computed in float32
+            # under a mixed precision policy too.
             if self.scale:
                 self.gammas.append(self.add_weight(name=f"gamma_{t}", shape=shape,
-                                                   initializer="ones"))
+                                                   initializer="ones", autocast=False))
             if self.center:
                 self.betas.append(self.add_weight(name=f"beta_{t}", shape=shape,
-                                                  initializer="zeros"))
+                                                  initializer="zeros", autocast=False))
             self.moving_means.append(self.add_weight(
                 name=f"moving_mean_{t}", shape=shape, initializer="zeros",
-                trainable=False))
+                trainable=False, autocast=False))
             self.moving_variances.append(self.add_weight(
                 name=f"moving_variance_{t}", shape=shape, initializer="ones",
-                trainable=False))
+                trainable=False, autocast=False))
         self.built = True
 
     def _broadcast(self, per_example, rank):

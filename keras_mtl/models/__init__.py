@@ -21,3 +21,27 @@ from keras_mtl.models.se_resnet import astmt_deeplab
 from keras_mtl.models.se_resnet import shared_deeplab
 from keras_mtl.models.lenet import lenet_encoder
 from keras_mtl.models.lenet import lenet_multitask
+# Expert-based architectures (issue 14): MMoE, CGC, PLE, DSelect-k.
+from keras_mtl.models.experts import DSelectKGate
+from keras_mtl.models.experts import DSelectKHead
+from keras_mtl.models.experts import GatedExpertHead
+from keras_mtl.models.experts import ProgressiveLayeredExtraction
+from keras_mtl.models.experts import SharedExperts
+from keras_mtl.models.experts import cgc_multitask
+from keras_mtl.models.experts import dselect_k_multitask
+from keras_mtl.models.experts import mlp_expert
+from keras_mtl.models.experts import mmoe_multitask
+from keras_mtl.models.experts import ple_multitask
+from keras_mtl.models.experts import resnet_expert
+# Multi-task architectures (issue 14): MTAN, Cross-stitch, learning to branch.
+from keras_mtl.models.mtan import MTANBackbone
+from keras_mtl.models.mtan import MTANHead
+from keras_mtl.models.mtan import mtan_multitask
+from keras_mtl.models.cross_stitch import CrossStitch
+from keras_mtl.models.cross_stitch import cross_stitch_multitask
+from keras_mtl.models.ltb import LearnToBranch
+from keras_mtl.models.ltb import ltb_multitask
+# The architecture registry (`--arch`): one name per architecture builder.
+from keras_mtl.models.architectures import architecture_names
+from keras_mtl.models.architectures import get_architecture
+from keras_mtl.models.architectures import register_architecture

@@ -49,3 +49,12 @@ from keras_mtl.ops.rlw import rlw_weights
 from keras_mtl.ops.stch import stch_loss
 from keras_mtl.ops.upgrad import upgrad
 from keras_mtl.ops.upgrad import upgrad_weights
+from keras_mtl.ops.db_mtl import db_mtl
+from keras_mtl.ops.db_mtl import db_mtl_ema
+from keras_mtl.ops.db_mtl import db_mtl_weights
+from keras_mtl.ops.excess_mtl import excess_mtl_weights
+from keras_mtl.ops.excess_mtl import excess_risks
+from keras_mtl.ops.moco import moco
+from keras_mtl.ops.moco import moco_track
+from keras_mtl.ops.moco import moco_weights
+from keras_mtl.ops.moco import simplex_projection

@@ -1,6 +1,7 @@
 """What `MultiTaskModel.compile` resolves: per-task losses and metrics, label checks."""
 
 import keras
+import tensorflow as tf
 
 from keras_mtl import _keras_compat
 from keras_mtl import balancers as balancers_module
@@ -103,9 +104,11 @@ def resolve_metrics(metrics, task_names, losses):
 
 def check_shapes(task, loss, y_true, y_pred):
     """A clear error when a head's output cannot fit its labels under its loss."""
-    if y_true.shape.rank is None or y_pred.shape.rank is None:
+    # NumPy labels (eager `train_on_batch`) have tuple shapes.
+    true_shape, pred_shape = tf.TensorShape(y_true.shape), tf.TensorShape(y_pred.shape)
+    if true_shape.rank is None or pred_shape.rank is None:
         return
-    yt, yp = tuple(y_true.shape), tuple(y_pred.shape)
+    yt, yp = tuple(true_shape), tuple(pred_shape)
     if len(yt) == 0 or len(yp) == 0:
         return
     sparse = _is_sparse(loss)

@@ -70,17 +70,44 @@ class StepGuard(keras.callbacks.Callback):
       `"skip"` a `RuntimeWarning` is issued and training goes on.
     - balancer events (`Balancer.warnings()`, e.g. GradNorm flooring its
       weights) as `keras_mtl.balancers.BalancerWarning`.
+    - under loss scaling (`mixed_float16`), overflow steps are the
+      `LossScaleOptimizer`'s and are not reported; but a scale that falls
+      below 1 means the gradients are not finite even unscaled (a
+      non-finite gradient of a finite loss, which no scale fixes): that is
+      reported once per fit like a skipped step (raise or warn).
 
     Nothing was applied from the offending values in any case: the step
     already excluded the task or skipped the update.
     """
 
     def on_train_begin(self, logs=None):
+        self._scale_reported = False
         self._tasks = self.model.nonfinite_counts.numpy().copy()
         self._skipped = int(self.model.skipped_steps.numpy())
         self._events = [int(c.numpy()) for c, _ in self.model.balancer.warnings()]
 
+    def _check_loss_scale(self, batch):
+        optimizer = getattr(self.model, "optimizer", None)
+        if self._scale_reported or not isinstance(
+                optimizer, keras.optimizers.LossScaleOptimizer):
+            return
+        scale = float(keras.ops.convert_to_numpy(optimizer.dynamic_scale))
+        if scale >= 1.0:
+            return
+        self._scale_reported = True
+        message = (
+            f"The loss scale fell to {scale:g} at batch {batch}: the gradients "
+            "overflowed float16 at every scale down to 1, so they are not finite "
+            "even unscaled (a non-finite gradient of a finite loss, e.g. of a "
+            "sqrt or log at 0, or values beyond float16's range); the overflow "
+            "steps applied nothing.")
+        if self.model.nonfinite == "raise":
+            raise FloatingPointError(
+                message + " Stopping (compile(nonfinite='skip') continues instead).")
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+
     def on_train_batch_end(self, batch, logs=None):
+        self._check_loss_scale(batch)
         for i, (counter, message) in enumerate(self.model.balancer.warnings()):
             value = int(counter.numpy())
             if value > self._events[i]:

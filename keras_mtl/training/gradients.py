@@ -10,11 +10,14 @@ gradients, regulariser and auxiliary gradients are added by the step
 - `LOSSES`: the shared direction at z is `sum_t c_t dL_t/dz` with
   `c_t = d combine / d L_t`; one backward pass through the trunk.
 - `LAYER_GRAD_NORMS` (GradNorm): the same, plus ||dL_t/dW|| at the
-  balancer's kernel W from the pass z -> W of each task's dL_t/dz.
+  balancer's kernel W from the passes z -> W of the tasks' dL_t/dz (one
+  vectorised pass for all tasks, see `jacobian_plan`).
 - `FEATURE_GRADS`: G holds dL_t/dz (every replica's columns side by side),
   the balancer aggregates it, one trunk pass of the result.
 - `SHARED_GRADS`: G holds each task's gradient w.r.t. every shared
-  parameter (one trunk pass per task), the balancer aggregates it.
+  parameter (the (T, P) Jacobian: one vectorised trunk pass for all tasks,
+  or one pass per task past a memory budget, see `jacobian_plan`), the
+  balancer aggregates it.
 """
 
 import numpy as np
@@ -37,7 +40,7 @@ def _trunk(model, step, output_gradients):
     shared = model.shared_variables()
     if output_gradients is None:
         return [None] * len(shared)
-    return step.tape.gradient(step.zs, shared, output_gradients=output_gradients)
+    return step.trunk_gradients(shared, output_gradients)
 
 
 def _weighted_sum(model, step):
@@ -57,17 +60,44 @@ def loss_gradients(model, step):
     return _trunk(model, step, direction)
 
 
-def layer_grad_norm_gradients(model, step):
-    kernel = model.balancer.find_kernel(model.encoder)
+def _kernel_norms_loop(step, kernel, tasks):
     norms = []
-    for t in range(model.num_tasks):
-        if step.task_gradients[t] is None:
-            norms.append(tf.constant(0.0))
-            continue
-        g_w = step.tape.gradient(step.zs, kernel, output_gradients=step.task_gradients[t])
+    for t in tasks:
+        g_w = step.trunk_gradients(kernel, step.task_gradients[t])
         g_w = replicas.mean(tf.convert_to_tensor(g_w))
         norms.append(tf.norm(tf.reshape(tf.cast(g_w, "float32"), [-1])))
-    norms = tf.stack(norms)
+    return tf.stack(norms)
+
+
+def _kernel_norms_vectorized(step, kernel, tasks):
+    stacked = _stacked_task_gradients(step, tasks)
+
+    def kernel_gradient(gs):
+        g_w = step.trunk_gradients(kernel, list(gs), check=False,
+                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return tf.cast(tf.convert_to_tensor(g_w), "float32")
+
+    g_w = tf.vectorized_map(kernel_gradient, stacked)
+    if getattr(step, "loss_scale", None) is not None:
+        step.check_overflow(g_w, _all_finite_list(stacked))
+    g_w = replicas.mean(g_w)
+    return tf.norm(tf.reshape(g_w, [len(tasks), -1]), axis=1)
+
+
+def layer_grad_norm_gradients(model, step):
+    """GradNorm: ||dL_t/dW|| at the balancer's kernel W, then one trunk pass.
+
+    The T passes z -> W run as one vectorised pass (`jacobian_plan` with
+    P = |W|), or one pass per task past the memory budget.
+    """
+    kernel = model.balancer.find_kernel(model.encoder)
+    tasks = [t for t in range(model.num_tasks) if step.task_gradients[t] is not None]
+    norms = tf.zeros([model.num_tasks])
+    if tasks:
+        plan = _plan(step, len(tasks), int(np.prod(kernel.shape)), 1)
+        compute = _kernel_norms_vectorized if plan == "vectorized" else _kernel_norms_loop
+        present = compute(step, kernel, tasks)
+        norms = tf.scatter_nd([[t] for t in tasks], present, [model.num_tasks])
     step.finalize(model, task_ok=tf.math.is_finite(norms))
     norms = tf.where(step.present > 0, norms, tf.zeros_like(norms))
     step.check_finite(norms)
@@ -102,18 +132,102 @@ def feature_gradients(model, step):
     return _trunk(model, step, parts)
 
 
+# Memory budget of the vectorised (one-pass) per-task gradients, in bytes;
+# see `jacobian_plan`. A module attribute: set it to 0 to always loop.
+VECTORIZE_MEMORY_BYTES = 256 * 2**20
+
+
+def jacobian_plan(num_tasks, num_params, batch_size, activation_size,
+                  memory_bytes=None):
+    """How per-task trunk gradients are computed: `"vectorized"` or `"loop"`.
+
+    `shared_gradients` needs the (T, P) Jacobian of the shared parameters,
+    GradNorm the T gradients at one kernel (P = |W|). The vectorised path
+    back-propagates the T stacked output gradients at z through the trunk
+    in one pass (`tf.vectorized_map` over `tape.gradient(zs, sources,
+    output_gradients=g_t)`: pfor runs each gradient op once with a leading
+    task axis, e.g. one (in, B) x (B, T*out) matmul per Dense kernel instead
+    of T). The loop runs T passes. Both hold the (T, P) result; the
+    vectorised pass also materialises every backward intermediate for all
+    T tasks at once: about `4 bytes x T x (P + B x A)`, with A the per-example
+    size of the trunk's activations (estimated as |z| x the number of trunk
+    kernels), where the loop holds one task's intermediates at a time.
+
+    Rule: `"vectorized"` when `4 x T x (P + B x A) <= VECTORIZE_MEMORY_BYTES`
+    (256 MiB by default), else `"loop"`. An unknown batch size counts as
+    256. Both paths give the same numbers (the same gradient ops, batched;
+    tests/test_vectorized_gradients.py: equal to 1e-6).
+    """
+    budget = VECTORIZE_MEMORY_BYTES if memory_bytes is None else memory_bytes
+    need = 4 * num_tasks * (num_params + batch_size * activation_size)
+    return "vectorized" if need <= budget else "loop"
+
+
+def _plan(step, num_tasks, num_params, depth):
+    batch = step.zs[0].shape[0]
+    batch = int(batch) if batch is not None else 256
+    feature = sum(int(np.prod(z.shape[1:])) for z in step.zs)
+    return jacobian_plan(num_tasks, num_params, batch, feature * max(1, depth))
+
+
+def _all_finite_list(tensors):
+    return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(t)) for t in tensors]))
+
+
+def _stacked_task_gradients(step, tasks):
+    """[(n, *z.shape)] for each tensor of z: the given tasks' dL_t/dz stacked."""
+    return [tf.stack([step.task_gradients[t][i] for t in tasks])
+            for i in range(len(step.zs))]
+
+
+def _jacobian_rows(model, step, shared, sizes, tasks):
+    """(len(tasks), P) per-task gradients of the shared variables in one pass."""
+    stacked = _stacked_task_gradients(step, tasks)
+
+    def row(gs):
+        grads = step.trunk_gradients(shared, list(gs), check=False,
+                                     unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return tf.concat([_flat(gv, v) for gv, v in zip(grads, shared)], 0)
+
+    rows = tf.vectorized_map(row, stacked)
+    if getattr(step, "loss_scale", None) is not None:
+        step.check_overflow(rows, _all_finite_list(stacked))
+    return rows
+
+
+def _jacobian_loop(model, step, shared, sizes, tasks):
+    """(len(tasks), P) per-task gradients of the shared variables, one pass per task."""
+    rows = []
+    for t in tasks:
+        grads = _trunk(model, step, step.task_gradients[t])
+        rows.append(tf.concat([_flat(gv, v) for gv, v in zip(grads, shared)], 0))
+    return tf.stack(rows)
+
+
+def shared_jacobian(model, step, plan=None):
+    """(T, P) float32: dL_t/d(shared variables) on this replica (zero rows for tasks not run).
+
+    `plan`: `"vectorized"`, `"loop"` or None (automatic, `jacobian_plan`).
+    """
+    shared = model.shared_variables()
+    sizes = [int(np.prod(v.shape)) for v in shared]  # static: tf.size is symbolic on replicas
+    tasks = [t for t in range(model.num_tasks) if step.task_gradients[t] is not None]
+    if not tasks:
+        return tf.zeros([model.num_tasks, sum(sizes)])
+    if plan is None:
+        depth = sum(1 for v in shared if len(v.shape) >= 2)
+        plan = _plan(step, len(tasks), sum(sizes), depth)
+    compute = _jacobian_rows if plan == "vectorized" else _jacobian_loop
+    rows = compute(model, step, shared, sizes, tasks)
+    if len(tasks) == model.num_tasks:
+        return rows
+    return tf.scatter_nd([[t] for t in tasks], rows, [model.num_tasks, sum(sizes)])
+
+
 def shared_gradients(model, step):
     shared = model.shared_variables()
     sizes = [int(np.prod(v.shape)) for v in shared]  # static: tf.size is symbolic on replicas
-    rows = []
-    for t in range(model.num_tasks):
-        g = step.task_gradients[t]
-        if g is None:
-            rows.append(tf.zeros([sum(sizes)]))
-            continue
-        grads = _trunk(model, step, g)
-        rows.append(tf.concat([_flat(gv, v) for gv, v in zip(grads, shared)], 0))
-    matrix = replicas.mean(tf.stack(rows))
+    matrix = replicas.mean(shared_jacobian(model, step))
     step.finalize(model, task_ok=tf.reduce_all(tf.math.is_finite(matrix), axis=1))
     matrix = tf.where(step.present[:, None] > 0, matrix, tf.zeros_like(matrix))
     direction = model.balancer.aggregate(matrix, step.losses, step.present)

@@ -6,9 +6,15 @@ discriminator 10 times faster: `compile(learning_rate_multipliers=...)`
 gives each such group a copy of the optimizer whose learning rate (or
 schedule) is multiplied by the factor; the shared variables keep the
 optimizer itself.
+
+Under `mixed_float16` Keras wraps the network optimizer in a
+`keras.optimizers.LossScaleOptimizer`; each group's copy is then a
+`LossScaleOptimizer` around a scaled copy of the inner optimizer, so that
+every group skips an overflow step by the same mechanism.
 """
 
 import keras
+import tensorflow as tf
 
 from keras_mtl import _keras_compat
 
@@ -37,6 +43,13 @@ class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
 def scaled_copy(optimizer, factor):
     """A fresh optimizer like `optimizer` with its learning rate times `factor`."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return keras.optimizers.LossScaleOptimizer(
+            scaled_copy(optimizer.inner_optimizer, factor),
+            initial_scale=optimizer.initial_scale,
+            dynamic_growth_steps=optimizer.dynamic_growth_steps,
+            name=f"{optimizer.name}_x{factor:g}",
+        )
     config = optimizer.get_config()
     lr = _keras_compat.optimizer_learning_rate(optimizer)
     if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
@@ -85,3 +98,25 @@ def split_by_optimizer(model, variables):
         opt = model.group_optimizers.get(groups.get(id(v)), model.optimizer)
         out.setdefault(id(opt), (opt, []))[1].append(v)
     return list(out.values())
+
+
+def loss_scale(optimizer):
+    """The current scale (float32 scalar) of a `LossScaleOptimizer`, else None."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return optimizer.scale_loss(tf.constant(1.0))
+    return None
+
+
+def loss_scaled(optimizer, grads, finite):
+    """What `optimizer.apply` takes for the unscaled gradients `grads`.
+
+    A `LossScaleOptimizer` divides the gradients by its scale and skips
+    (halving the scale) when one is not finite: it gets `grads` times its
+    own scale, or times NaN when `finite` (a bool scalar: the step is
+    applied) is False, so that an overflow step takes its own overflow
+    branch. Other optimizers get `grads` unchanged.
+    """
+    if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return grads
+    factor = tf.where(finite, loss_scale(optimizer), tf.constant(float("nan")))
+    return [g * tf.cast(factor, g.dtype) for g in grads]
