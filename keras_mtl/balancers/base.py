@@ -401,6 +401,16 @@ class SeededMixin:
         self.step.assign_add(1)
 
 
+def check_fraction(name, value):
+    """Raises a clear error for a hyper-parameter outside [0, 1]; returns it as a float."""
+    if not 0 <= value <= 1:
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected a number "
+            f"between 0 and 1. Received: {name}={value!r}"
+        )
+    return float(value)
+
+
 def check_positive(name, value, allow_zero=True):
     """Raises a clear error for a negative (or zero) hyper-parameter."""
     bad = value < 0 if allow_zero else value <= 0

@@ -6,6 +6,7 @@ import tensorflow as tf
 from keras_mtl import ops
 from keras_mtl.balancers.base import GradientBalancer
 from keras_mtl.balancers.base import SeededMixin
+from keras_mtl.balancers.base import check_fraction
 from keras_mtl.balancers.base import resolve_seed
 
 
@@ -41,12 +42,7 @@ class GradDrop(SeededMixin, GradientBalancer):
 
     def __init__(self, leak=0.0, seed=None, mode="features", name=None, **kwargs):
         super().__init__(mode=mode, name=name, **kwargs)
-        if not 0 <= leak <= 1:
-            raise ValueError(
-                "Invalid value received for argument `leak`. Expected a number "
-                f"between 0 and 1. Received: leak={leak!r}"
-            )
-        self.leak = float(leak)
+        self.leak = check_fraction("leak", leak)
         self.seed = resolve_seed(seed)
 
     def build_state(self, num_tasks):

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from keras_mtl.balancers.base import GradientBalancer
 from keras_mtl.balancers.base import SeededMixin
+from keras_mtl.balancers.base import check_fraction
 from keras_mtl.balancers.base import resolve_seed
 from keras_mtl.ops.gradvac import gradvac_weights
 
@@ -44,12 +45,7 @@ class GradVac(SeededMixin, GradientBalancer):
 
     def __init__(self, beta=0.01, seed=None, mode="features", name=None, **kwargs):
         super().__init__(mode=mode, name=name, **kwargs)
-        if not 0 <= beta <= 1:
-            raise ValueError(
-                "Invalid value received for argument `beta`. Expected a number "
-                f"between 0 and 1. Received: beta={beta!r}"
-            )
-        self.beta = float(beta)
+        self.beta = check_fraction("beta", beta)
         self.seed = resolve_seed(seed)
 
     def build_state(self, num_tasks):
