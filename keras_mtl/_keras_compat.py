@@ -20,11 +20,6 @@ Trackable = tf.__internal__.tracking.Trackable
 """TensorFlow's checkpointable base (for objects a `tf.train.Checkpoint` saves)."""
 
 
-def scale_loss_for_distribution(value):
-    """Divides a loss by the number of replicas (the optimizer sums over them)."""
-    return _loss_module.scale_loss_for_distribution(value)
-
-
 def unscale_loss_for_distribution(value):
     """Undoes the 1/R a Keras `Loss` applies under a strategy: the replica's mean."""
     return _loss_module.unscale_loss_for_distribution(value)
