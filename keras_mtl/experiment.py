@@ -22,6 +22,7 @@ import keras_mtl
 from keras_mtl import balancers
 from keras_mtl import callbacks as mtl_callbacks
 from keras_mtl import distribute as mtl_distribute
+from keras_mtl import model as mtl_model
 from keras_mtl.data import toy as toy_data_module
 from keras_mtl.models import toy as _toy_models  # noqa: F401 (gin registration)
 
@@ -433,18 +434,12 @@ def state_variables(model):
     optimizer). Metric variables are not included: `fit` and `evaluate`
     reset them.
     """
-    out, seen = [], set()
     groups = [model.variables, model.optimizer.variables]
     groups += [opt.variables for opt in getattr(model, "group_optimizers", {}).values()]
     groups.append([obj for obj in tf.train.TrackableView(model).descendants()
                    if isinstance(obj, keras.Variable)])
-    metric_ids = {id(v) for m in model.metrics for v in m.variables}
-    for group in groups:
-        for v in group:
-            if id(v) not in seen and id(v) not in metric_ids:
-                seen.add(id(v))
-                out.append(v)
-    return out
+    metric_variables = [v for m in model.metrics for v in m.variables]
+    return mtl_model.unique_variables((v for group in groups for v in group), metric_variables)
 
 
 def _config_without_names(obj):

@@ -24,6 +24,17 @@ NonFiniteGuard = training.StepGuard
 """The callback `fit` adds (its former name)."""
 
 
+def unique_variables(variables, excluded=()):
+    """`variables` in order, each once (by identity), minus those in `excluded`."""
+    skip = {id(v) for v in excluded}
+    out = []
+    for v in variables:
+        if id(v) not in skip:
+            skip.add(id(v))
+            out.append(v)
+    return out
+
+
 @keras.saving.register_keras_serializable(package="keras_mtl")
 class MultiTaskModel(keras.Model):
     """A shared encoder with one head per task, trained with a balancer.
@@ -368,36 +379,22 @@ class MultiTaskModel(keras.Model):
         for container in [self.encoder] + list(self.heads.values()):
             for layer in tc.task_variable_layers(container):
                 variables += [v for v in layer.task_variables(i) if v.trainable]
-        seen = set()
-        return [v for v in variables if not (id(v) in seen or seen.add(id(v)))]
+        return unique_variables(variables)
 
     def network_variables(self, absent_tasks=()):
         """All trainable network variables, minus those of `absent_tasks`."""
-        excluded = set()
-        for task in absent_tasks:
-            excluded.update(id(v) for v in self.task_specific_variables(task))
+        excluded = [v for task in absent_tasks for v in self.task_specific_variables(task)]
         variables = self.shared_variables()
         for task in self.task_names:
             variables += self.heads[task].trainable_variables
         for aux in self.auxiliaries:
             variables += aux.trainable_variables
-        seen, out = set(), []
-        for v in variables:
-            if id(v) not in seen and id(v) not in excluded:
-                seen.add(id(v))
-                out.append(v)
-        return out
+        return unique_variables(variables, excluded)
 
     def forward_state_variables(self):
         """Non-trainable network state a forward pass may change (BN statistics)."""
         layers = [self.encoder] + list(self.heads.values())
-        seen, out = set(), []
-        for layer in layers:
-            for v in layer.non_trainable_variables:
-                if id(v) not in seen:
-                    seen.add(id(v))
-                    out.append(v)
-        return out
+        return unique_variables(v for layer in layers for v in layer.non_trainable_variables)
 
     def variable_groups(self):
         """`{id(variable): group}` for the task-specific and auxiliary groups."""
