@@ -144,6 +144,91 @@ def test_nyuv2_missing_and_corrupt_data_name_the_file(nyu, tmp_path):
         data.nyuv2(root, split="test")
 
 
+def test_npy_layout_decodes_every_stored_layout_exactly(tmp_path):
+    """uint8 images, float64/int16 labels, Fortran order and big-endian files
+    decode to the arrays NumPy wrote (the reader parses headers once, then reads
+    raw bytes with TF ops)."""
+    root = str(tmp_path / "nyu")
+    rng = np.random.default_rng(0)
+    images, labels, depths = [], [], []
+    for split, count in (("train", 4), ("val", 1)):
+        for folder in ("image", "label", "depth", "normal"):
+            os.makedirs(os.path.join(root, split, folder))
+        for i in range(count):
+            image = rng.integers(0, 256, (6, 5, 3), dtype="uint8")
+            label = rng.integers(-1, 13, (6, 5)).astype(">i2" if i % 2 else "float64")
+            depth = np.asfortranarray(rng.random((6, 5, 1), dtype="float32"))
+            if i == 3:
+                depth = depth.astype(">f4")  # big-endian, Fortran order
+            normal = rng.standard_normal((6, 5, 3)).astype("float32")
+            for folder, array in (("image", image), ("label", label), ("depth", depth), ("normal", normal)):
+                np.save(os.path.join(root, split, folder, f"{i}.npy"), array)
+            if split == "train":
+                images.append(image), labels.append(label), depths.append(depth)
+    with pytest.raises(data.DatasetNotFoundError, match=r"label/1\.npy.*dtype >i2.*differs"):
+        data.nyuv2(root, tasks=("seg",))
+    for i in (1, 3):  # one label dtype per folder
+        np.save(os.path.join(root, "train", "label", f"{i}.npy"), labels[i].astype("float64"))
+    with pytest.raises(data.DatasetNotFoundError, match=r"depth/3\.npy.*dtype >f4.*differs"):
+        data.nyuv2(root, tasks=("depth",))
+    os.remove(os.path.join(root, "train", "depth", "3.npy"))
+    np.save(os.path.join(root, "train", "depth", "3.npy"), np.asfortranarray(depths[3].astype("<f4")))
+    examples = as_list(data.nyuv2(root, split="train", batch_size=None, shuffle=False, augment=False))
+    for i, (image, task_labels) in enumerate(examples):
+        np.testing.assert_allclose(image, images[i] / 255.0, rtol=1e-6)
+        np.testing.assert_array_equal(task_labels["seg"], labels[i].astype(int))
+        np.testing.assert_array_equal(task_labels["depth"], depths[i].astype("float32"))
+    np.save(os.path.join(root, "train", "image", "0.npy"), images[0].astype("uint32"))
+    with pytest.raises(data.DatasetNotFoundError, match=r"image/0\.npy.*dtype uint32 is not one"):
+        data.nyuv2(root)
+
+
+def test_npy_layout_reads_in_parallel_while_python_parses_code(nyu):
+    """Regression: headers were parsed with `np.load` (`ast.literal_eval`) in
+    tf.data's threads. On CPython 3.11.7 that races with `ast` use in another
+    thread (autograph) whenever a garbage collection runs a finalizer mid-parse,
+    and fails with "AST constructor recursion depth mismatch" (seen in CI)."""
+    import ast
+    import gc
+    import threading
+    import time
+
+    class Finalized:
+        def __del__(self):
+            time.sleep(0)  # a finalizer that lets other threads run
+
+    root, written = nyu
+    ds = data.nyuv2(root, split="train", batch_size=2, shuffle=True, seed=1, repeat=True)
+    errors = []
+
+    def parse():
+        code = "def f(x):\n    return [[[(x, {x: x})] for _ in x] for _ in x]\n" * 50
+        try:
+            for _ in range(200):
+                a, b = Finalized(), Finalized()
+                a.other, b.other = b, a  # cyclic: freed by the collector
+                ast.parse(code)
+                time.sleep(0.001)
+        except SystemError as error:
+            errors.append(error)
+
+    threshold = gc.get_threshold()
+    gc.set_threshold(50, 10**6, 10**6)  # frequent young-generation collections only
+    thread = threading.Thread(target=parse)
+    thread.start()
+    try:
+        for image, labels in ds:  # reads until the parser is done
+            assert image.shape == (2, 12, 16, 3)
+            a, b = Finalized(), Finalized()
+            a.other, b.other = b, a
+            if not thread.is_alive():
+                break
+    finally:
+        thread.join()
+        gc.set_threshold(*threshold)
+    assert not errors
+
+
 def test_readers_are_gin_configurable(nyu):
     root, _ = nyu
     gin.clear_config()

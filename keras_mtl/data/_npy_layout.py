@@ -31,7 +31,7 @@ def _indices(folder):
 
 
 def scan(dataset, data_dir, split, folders, how_to_obtain):
-    """Checks the layout; returns (indices, {folder: (shape, dtype)}).
+    """Checks the layout; returns (indices, {folder: (shape, dtype, fortran, offsets)}).
 
     Every file header is read (cheap: memory-mapped), so a truncated or
     non-`.npy` file or a shape that differs from the first example's fails
@@ -61,43 +61,99 @@ def scan(dataset, data_dir, split, folders, how_to_obtain):
                 dataset, os.path.join(where, f"{lacking}.npy"), how_to_obtain,
                 detail=f"the folders {first_folder!r} and {folder!r} hold different examples",
             )
-        shape = dtype = None
-        for i in found:
-            file = os.path.join(path, f"{i}.npy")
-            try:
-                array = np.load(file, mmap_mode="r", allow_pickle=False)
-            except Exception as error:  # noqa: BLE001 - any parse failure is corruption
-                raise _common.missing(
-                    dataset, file, how_to_obtain,
-                    detail=f"it could not be read as a .npy array ({error})",
-                ) from None
-            if shape is None:
-                shape, dtype = array.shape, array.dtype
-            elif array.shape != shape:
-                raise _common.missing(
-                    dataset, file, how_to_obtain,
-                    detail=f"its shape {array.shape} differs from the first file's {shape}",
-                )
-        meta[folder] = (shape, dtype)
+        meta[folder] = _scan_folder(dataset, path, found, how_to_obtain)
     return indices, meta
 
 
+# tf.io.decode_raw's output types; a .npy of another dtype is rejected by scan.
+_DECODABLE = {
+    np.dtype(n) for n in (
+        "float16", "float32", "float64", "int8", "int16", "int32", "int64",
+        "uint8", "uint16", "bool", "complex64", "complex128",
+    )
+}
+
+
+def _scan_folder(dataset, path, found, how_to_obtain):
+    """One modality folder: (shape, dtype, fortran_order, {index: data offset}).
+
+    The `.npy` headers are parsed here, once, by NumPy in the calling thread.
+    The tf.data map then reads the raw bytes after each header with TF ops:
+    no Python runs in tf.data's threads. (Parsing headers there with
+    `np.load` races with `ast` use elsewhere on CPython 3.11 before 3.11.8,
+    gh-106905: "AST constructor recursion depth mismatch".)
+    """
+    shape = dtype = fortran = None
+    offsets = {}
+    for i in found:
+        file = os.path.join(path, f"{i}.npy")
+        try:
+            array = np.load(file, mmap_mode="r", allow_pickle=False)
+            offset = int(array.offset)
+        except Exception as error:  # noqa: BLE001 - any parse failure is corruption
+            raise _common.missing(
+                dataset, file, how_to_obtain,
+                detail=f"it could not be read as a .npy array ({error})",
+            ) from None
+        if shape is None:
+            shape, dtype, fortran = array.shape, array.dtype, bool(np.isfortran(array))
+            if dtype.newbyteorder("=") not in _DECODABLE:
+                raise _common.missing(
+                    dataset, file, how_to_obtain,
+                    detail=f"its dtype {dtype} is not one the reader decodes "
+                    f"({', '.join(sorted(str(d) for d in _DECODABLE))})",
+                )
+        elif array.shape != shape:
+            raise _common.missing(
+                dataset, file, how_to_obtain,
+                detail=f"its shape {array.shape} differs from the first file's {shape}",
+            )
+        elif array.dtype != dtype or bool(np.isfortran(array)) != fortran:
+            raise _common.missing(
+                dataset, file, how_to_obtain,
+                detail=f"its dtype {array.dtype} (fortran order {np.isfortran(array)}) "
+                f"differs from the first file's {dtype} (fortran order {fortran})",
+            )
+        offsets[i] = offset
+        del array
+    return shape, dtype, fortran, offsets
+
+
 def load_fn(split_dir, folders, meta):
-    """A tf.data map function: index -> {folder: tensor}."""
-    tf_dtypes = [tf.as_dtype(meta[f][1]) for f in folders]
+    """A tf.data map function: (index, {folder: data offset}) -> {folder: tensor}.
 
-    def _load(index):
-        return [np.load(os.path.join(split_dir, f, f"{int(index)}.npy")) for f in folders]
+    Each file is read with `tf.io.read_file` and its data decoded with
+    `tf.io.decode_raw` from the offset `scan` found (pure TF, parallel).
+    """
 
-    def fn(index):
-        arrays = tf.numpy_function(_load, [index], tf_dtypes, stateful=False)
+    def fn(index, offsets):
         out = {}
-        for folder, array in zip(folders, arrays):
-            array.set_shape(meta[folder][0])
+        for folder in folders:
+            shape, dtype, fortran, _ = meta[folder]
+            native = dtype.newbyteorder("=")
+            size = int(np.prod(shape, dtype="int64")) * native.itemsize
+            path = tf.strings.join(
+                [split_dir, folder, tf.strings.as_string(index) + ".npy"], separator=os.sep
+            )
+            data = tf.strings.substr(tf.io.read_file(path), offsets[folder], size)
+            little = dtype.byteorder == "<" or (dtype.byteorder in "=|" and np.little_endian)
+            array = tf.io.decode_raw(data, tf.as_dtype(native), little_endian=little)
+            if fortran:
+                array = tf.transpose(tf.reshape(array, shape[::-1]))
+            else:
+                array = tf.reshape(array, shape)
             out[folder] = array
         return out
 
     return fn
+
+
+def indexed(indices, folders, meta):
+    """The (index, {folder: offset}) elements a `load_fn` map reads."""
+    offsets = {
+        f: np.asarray([meta[f][3][i] for i in indices], "int64") for f in folders
+    }
+    return tf.data.Dataset.from_tensor_slices((np.asarray(indices, "int64"), offsets))
 
 
 def to_image(array):
@@ -134,10 +190,10 @@ def pipeline(
     """Builds the tf.data pipeline for one split of an `.npy`-layout dataset."""
     indices, meta = meta_indices
     split_dir = os.path.join(data_dir, split)
-    ds = tf.data.Dataset.from_tensor_slices(np.asarray(indices, "int64"))
+    ds = indexed(indices, folders, meta)
     ds = _common.shuffled(ds, shuffle, len(indices), seed)
     load = load_fn(split_dir, folders, meta)
-    ds = ds.map(lambda i: make_labels(load(i)), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda i, o: make_labels(load(i, o)), num_parallel_calls=tf.data.AUTOTUNE)
     if augment:
         ds = _common.with_random_seeds(ds, seed)
 
