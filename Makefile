@@ -5,6 +5,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Test processes (pytest-xdist; one file per worker at a time, so module
+# fixtures are built once): the CI machine has 2 cores.
+TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed
 
 .PHONY: demo demo-digits test test-slow benchmark install clean
@@ -24,7 +27,7 @@ demo-digits: $(STAMP)
 	$(PY) -m launch.digits_demo --out_dir=runs/digits
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
