@@ -223,7 +223,7 @@ def test_launcher_multi_worker_flag_matches_one_device_run(tmp_path):
 @pytest.mark.slow
 def test_every_registered_balancer_mirrored_equals_single_device():
     """New balancers inherit this check by registering in ALL_BALANCERS."""
-    names = balancers.distinct_names() + ["imtl_shared", "mgda_shared"]
+    names = balancers.distinct_names() + ["imtl_shared", "imtl_shared_vectorized", "mgda_shared"]
     out = _run(["mirrored", "--cases", ",".join(names)], timeout=600)
     results = json.loads(out.strip().splitlines()[-1])
     bad = {n: results[n].get("error") or results[n]["max_diff"] for n in names

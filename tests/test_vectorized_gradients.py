@@ -11,6 +11,8 @@ entry), on a plain MLP, a BatchNorm trunk and a task-conditioned
 tests/test_distribute.py (`imtl_shared`).
 """
 
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -89,14 +91,20 @@ def test_vectorized_jacobian_equals_the_loop(kind):
     np.testing.assert_allclose(vec, loop, rtol=1e-6)
 
 
-def test_plan_rule_states_the_memory_budget():
+def test_plan_rule_states_the_memory_budget(monkeypatch):
     # 4 bytes x T x (P + B x A) against VECTORIZE_MEMORY_BYTES.
+    # On CPU (no accelerator) the loop, unless VECTORIZE_ON_CPU.
     budget = gradients.VECTORIZE_MEMORY_BYTES
-    assert gradients.jacobian_plan(10, 55_000, 100, 400) == "vectorized"
+    plan = functools.partial(gradients.jacobian_plan, accelerator=True)
+    assert plan(10, 55_000, 100, 400) == "vectorized"
     p = budget // (4 * 10) - 100 * 400
-    assert gradients.jacobian_plan(10, p, 100, 400) == "vectorized"
-    assert gradients.jacobian_plan(10, p + 1, 100, 400) == "loop"
-    assert gradients.jacobian_plan(10, 10, 1, 1, memory_bytes=0) == "loop"
+    assert plan(10, p, 100, 400) == "vectorized"
+    assert plan(10, p + 1, 100, 400) == "loop"
+    assert plan(10, 10, 1, 1, memory_bytes=0) == "loop"
+    assert gradients.jacobian_plan(10, 55_000, 100, 400, accelerator=False) == "loop"
+    monkeypatch.setattr(gradients, "VECTORIZE_ON_CPU", True)
+    assert gradients.jacobian_plan(10, 55_000, 100, 400, accelerator=False) == "vectorized"
+    assert gradients.jacobian_plan(10, 10, 1, 1, accelerator=None) == "vectorized"
 
 
 def test_shared_mode_step_is_the_same_with_either_plan(monkeypatch):
@@ -110,6 +118,7 @@ def test_shared_mode_step_is_the_same_with_either_plan(monkeypatch):
         model.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
         return [v.numpy() for v in model.variables]
 
+    monkeypatch.setattr(gradients, "VECTORIZE_ON_CPU", True)  # this machine may lack a GPU
     vec = fitted()
     monkeypatch.setattr(gradients, "VECTORIZE_MEMORY_BYTES", 0)
     loop = fitted()

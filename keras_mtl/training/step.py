@@ -75,8 +75,19 @@ def _snapshot(variables):
 
 
 def _restore_unless(ok, snapshot):
-    for v, old in snapshot:
-        v.assign(tf.where(ok, tf.convert_to_tensor(v), old))
+    """Assigns the snapshot's values back when `ok` is False (on every replica).
+
+    A conditional assignment: a committed step costs no pass over the state
+    (per-parameter balancer state is T x P floats).
+    """
+    if not snapshot:
+        return
+
+    def restore(old_values):
+        for (v, _), old in zip(snapshot, old_values):
+            v.assign(old)
+
+    replicas.run_if(tf.logical_not(ok), restore, ([old for _, old in snapshot],))
 
 
 _LOW_PRECISION = ("float16", "bfloat16")
