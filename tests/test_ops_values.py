@@ -141,3 +141,74 @@ def test_loss_weighting_values():
         [3.0, 0.5 - math.log(2.0), 2.0],
         rtol=1e-6,
     )
+
+
+# ------------------------------------------- the Gramian's one-product path
+
+
+def _gramian_cases():
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(4, 300)).astype("float32")
+    nan_row = base.copy()
+    nan_row[2, 7] = np.nan
+    return {
+        # direct: one product, no per-row pass
+        "plain": (base, None, False),
+        "scales 1e-8..1e8": (base * np.array([[1e-8], [1.0], [1e4], [1e8]], "float32"), None, False),
+        "NaN in an excluded row": (nan_row, [1, 1, 0, 1], False),
+        # fallback: rescaled rows
+        "row of 1e18 (product overflows)": (base * np.array([[1], [1e18], [1], [1]], "float32"), None, True),
+        "row of 1e-15 (product underflows)": (base * np.array([[1], [1], [1e-15], [1]], "float32"), None, True),
+        "zero row": (base * np.array([[1], [0], [1], [1]], "float32"), None, True),
+        "NaN in an included row": (nan_row, None, True),
+    }
+
+
+@pytest.mark.parametrize("case", list(_gramian_cases()))
+def test_included_gramian_equals_the_rescaled_gramian_of_the_included_rows(case):
+    """`included_gramian` (one product when the rows allow it, else the
+    rescaling path) gives the cosines and norms of `normalized_gramian` on
+    `included_rows`, whichever path it takes."""
+    from keras_mtl.ops import _gramian
+
+    grads, mask, fallback = _gramian_cases()[case]
+    cosines, norms, wanted, poisoned = [t.numpy() for t in _gramian.included_gramian(grads, mask)]
+    clean, ref_wanted, ref_poisoned = _gramian.included_rows(grads, mask)
+    ref_cosines, ref_norms = [t.numpy() for t in _gramian.normalized_gramian(clean)]
+    np.testing.assert_array_equal(wanted, ref_wanted.numpy())
+    assert bool(poisoned) == bool(ref_poisoned.numpy())
+    if bool(poisoned):
+        return
+    np.testing.assert_allclose(cosines, ref_cosines, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(norms, ref_norms, rtol=2e-6)
+    # Exact equality on the fallback path (it is the same computation), and
+    # the float64 truth on every path.
+    if fallback:
+        np.testing.assert_array_equal(norms, ref_norms)
+    g = np.asarray(grads, "float64") * (np.asarray(ref_wanted)[:, None] if mask else 1.0)
+    g = np.where(np.isfinite(g), g, 0.0)
+    truth = np.linalg.norm(g, axis=1)
+    np.testing.assert_allclose(norms, truth, rtol=2e-6)
+
+
+def test_gramian_weightings_are_scale_invariant_on_both_paths():
+    """IMTL-G (Theorem 2: invariant to task loss scales) and MGDA with "l2"
+    give the same weights times 1/scale whether a row scale sends the Gramian
+    down the direct path (1e-4) or the rescaling one (1e18)."""
+    rng = np.random.default_rng(5)
+    grads = rng.normal(size=(3, 200)).astype("float32")
+    base = ops.imtl_g_weights(grads).numpy().astype("float64")
+    for k in (1e-4, 1e18):
+        scaled = grads * np.array([[1.0], [k], [1.0]], "float32")
+        w = ops.imtl_g_weights(scaled).numpy().astype("float64")
+        # alpha_t g_t is unchanged: alpha_1 k = alpha_1(base) up to the normalisation
+        combined = w[:, None] * scaled.astype("float64")
+        expected = base[:, None] * grads.astype("float64")
+        direction = combined.sum(0) / np.linalg.norm(combined.sum(0))
+        np.testing.assert_allclose(direction, expected.sum(0) / np.linalg.norm(expected.sum(0)),
+                                   atol=1e-5)
+        m = ops.mgda_weights(scaled, normalization="l2").numpy().astype("float64")
+        m0 = ops.mgda_weights(grads, normalization="l2").numpy().astype("float64")
+        norms = np.linalg.norm(scaled.astype("float64"), axis=1)
+        norms0 = np.linalg.norm(grads.astype("float64"), axis=1)
+        np.testing.assert_allclose(m * norms, m0 * norms0, rtol=1e-5, atol=1e-7)

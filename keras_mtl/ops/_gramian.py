@@ -127,6 +127,62 @@ def included_rows(grads, mask=None):
     return clean, wanted, poisoned
 
 
+# Squared row norms in this range take `included_gramian`'s one-product
+# path: every partial sum of a float32 product is then bounded by 1e30
+# (Cauchy-Schwarz), far from overflow, and what underflows is below
+# 1e-18 of the row's own squared norm even for 1e8 entries.
+_DIRECT_RANGE = (1e-20, 1e30)
+
+
+def included_gramian(grads, mask=None):
+    """`(cosines, norms, wanted, poisoned)` of the rows included by `mask`.
+
+    The same values as `normalized_gramian(included_rows(grads, mask)[0])`
+    (with `wanted` and `poisoned` of `included_rows`), in one pass over
+    `grads` when it can: the product `grads grads^T` is taken directly, and
+    when every included row's squared norm is finite and inside
+    `_DIRECT_RANGE` the cosines and norms come from it (excluded rows only
+    touch their own row and column of the product, which are dropped: a NaN
+    there is never read). Otherwise (a NaN or inf row, a row so large or so
+    small that float products could overflow or underflow, a zero row, a
+    16-bit input) it falls back to the rescaling path of `normalized_gramian`
+    on `included_rows`. The fallback is exact in the same sense; the direct
+    path saves the passes that check, mask, measure and rescale every row.
+
+    Args:
+        grads: float tensor (T, d).
+        mask: optional (T,) of the tasks to include. Defaults to all.
+    """
+    grads = as_gradient_matrix(grads)
+
+    def rescaled():
+        clean, wanted, poisoned = included_rows(grads, mask)
+        cosines, norms = normalized_gramian(clean)
+        return cosines, norms, poisoned
+
+    if grads.dtype not in (tf.float32, tf.float64):
+        cosines, norms, poisoned = rescaled()
+        return cosines, norms, task_mask(mask, tf.shape(grads)[0]), poisoned
+    wanted = task_mask(mask, tf.shape(grads)[0])
+    included = wanted > 0
+    product = tf.matmul(grads, grads, transpose_b=True)
+    squares = tf.linalg.diag_part(product)
+    low, high = _DIRECT_RANGE
+    in_range = tf.logical_and(squares >= low, squares <= high)  # False for NaN
+    direct = tf.reduce_all(tf.logical_or(tf.logical_not(included), in_range))
+
+    def from_product():
+        pair = tf.logical_and(included[:, None], included[None, :])
+        inner = tf.where(pair, tf.cast(product, "float64"), tf.zeros_like(product, "float64"))
+        unit = tf.sqrt(tf.maximum(tf.linalg.diag_part(inner), 0.0))
+        cosines = tf.math.divide_no_nan(inner, unit[:, None] * unit[None, :])
+        cosines = 0.5 * (cosines + tf.transpose(cosines))
+        return cosines, unit, tf.constant(False)
+
+    cosines, norms, poisoned = tf.cond(direct, from_product, rescaled)
+    return cosines, norms, wanted, poisoned
+
+
 def poison(values, poisoned):
     """`values` replaced by NaN when `poisoned`."""
     return tf.where(poisoned, tf.fill(tf.shape(values), _nan(values.dtype)), values)
@@ -144,8 +200,7 @@ def weigh_rows(grads, mask, solve):
     grads = as_gradient_matrix(grads)
     if grads.shape[0] == 0:  # no task: nothing to combine
         return tf.zeros([0], grads.dtype)
-    clean, wanted, poisoned = included_rows(grads, mask)
-    cosines, norms = normalized_gramian(clean)
+    cosines, norms, wanted, poisoned = included_gramian(grads, mask)
     weights = solve(cosines, norms, wanted)
     return tf.cast(poison(weights, poisoned), grads.dtype)
 

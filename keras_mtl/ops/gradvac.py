@@ -47,8 +47,7 @@ def gradvac_weights(grads, targets, seed=None, orders=None, mask=None):
     if grads.shape[0] == 0:  # no task: nothing to combine
         return tf.zeros([0], grads.dtype), tf.zeros([0, 0], "float64")
     num = gramian_lib.num_rows(grads)
-    clean, wanted, poisoned = gramian_lib.included_rows(grads, mask)
-    cosines, norms = gramian_lib.normalized_gramian(clean)
+    cosines, norms, wanted, poisoned = gramian_lib.included_gramian(grads, mask)
     active = tf.logical_and(wanted > 0, norms > 0)
     targets = tf.clip_by_value(tf.cast(targets, "float64"), -1.0, 1.0)
     if orders is None:

@@ -60,8 +60,7 @@ def imtl_g_weights(grads, mask=None, rcond=None):
     num_tasks = grads.shape[0]
     if rcond is None:
         rcond = gramian_lib.default_rcond(grads, num_tasks or 1)
-    clean, wanted, poisoned = gramian_lib.included_rows(grads, mask)
-    cosines, norms = gramian_lib.normalized_gramian(clean)
+    cosines, norms, wanted, poisoned = gramian_lib.included_gramian(grads, mask)
     active = wanted * tf.cast(norms > 0, "float64")
     cosines = cosines * active[:, None] * active[None, :]
     beta = tf.linalg.matvec(gramian_lib.symmetric_pinv(cosines, rcond), active)

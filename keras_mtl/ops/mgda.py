@@ -29,12 +29,19 @@ def mgda_normalizers(grads, losses=None, normalization="none"):
     grads = gramian_lib.as_gradient_matrix(grads)
     if normalization == "none":
         return tf.ones(tf.shape(grads)[:1], "float64")
+    _, norms = gramian_lib.normalized_gramian(grads)
+    return _normalizers_from_norms(norms, losses, normalization)
+
+
+def _normalizers_from_norms(norms, losses, normalization):
+    """`mgda_normalizers` given the row norms (float64)."""
+    if normalization == "none":
+        return tf.ones_like(norms)
     if normalization in ("loss", "loss+") and losses is None:
         raise ValueError(
             f"MGDA normalization '{normalization}' needs the task `losses`. "
             "Received: losses=None"
         )
-    _, norms = gramian_lib.normalized_gramian(grads)
     if normalization == "l2":
         return norms
     losses = tf.cast(losses, "float64")
@@ -380,8 +387,9 @@ def mgda_weights(
         NeurIPS 2018.
     """
     grads = gramian_lib.as_gradient_matrix(grads)
-    clean, wanted, poisoned = gramian_lib.included_rows(grads, mask)
-    if losses is not None and check_normalization(normalization) in ("loss", "loss+"):
+    check_normalization(normalization)
+    cosines, norms, wanted, poisoned = gramian_lib.included_gramian(grads, mask)
+    if losses is not None and normalization in ("loss", "loss+"):
         losses = tf.cast(losses, "float64")
         poisoned = tf.logical_or(
             poisoned,
@@ -394,8 +402,7 @@ def mgda_weights(
             losses,
             tf.ones_like(losses),
         )
-    scale = mgda_normalizers(clean, losses, normalization)
-    cosines, norms = gramian_lib.normalized_gramian(clean)
+    scale = _normalizers_from_norms(norms, losses, normalization)
     norms = tf.math.divide_no_nan(norms, scale)
     gram = norms[:, None] * cosines * norms[None, :]
     alpha = min_norm_weights_from_gramian(
@@ -449,8 +456,7 @@ def mgda_closed_form_weights(grads, mask=None, rcond=None):
     num_tasks = grads.shape[0]
     if rcond is None:
         rcond = gramian_lib.default_rcond(grads, (num_tasks or 1) + 1)
-    clean, wanted, poisoned = gramian_lib.included_rows(grads, mask)
-    cosines, norms = gramian_lib.normalized_gramian(clean)
+    cosines, norms, wanted, poisoned = gramian_lib.included_gramian(grads, mask)
     zero = wanted * tf.cast(norms <= 0, "float64")
     alpha = _affine_min_norm(cosines, norms, wanted - zero, rcond)
     on_zero = tf.math.divide_no_nan(zero, tf.reduce_sum(zero))
