@@ -156,14 +156,14 @@ def included_gramian(grads, mask=None):
     grads = as_gradient_matrix(grads)
 
     def rescaled():
-        clean, wanted, poisoned = included_rows(grads, mask)
+        clean, _, poisoned = included_rows(grads, mask)
         cosines, norms = normalized_gramian(clean)
         return cosines, norms, poisoned
 
-    if grads.dtype not in (tf.float32, tf.float64):
-        cosines, norms, poisoned = rescaled()
-        return cosines, norms, task_mask(mask, tf.shape(grads)[0]), poisoned
     wanted = task_mask(mask, tf.shape(grads)[0])
+    if grads.dtype not in (tf.float32, tf.float64):  # 16-bit products overflow early
+        cosines, norms, poisoned = rescaled()
+        return cosines, norms, wanted, poisoned
     included = wanted > 0
     product = tf.matmul(grads, grads, transpose_b=True)
     squares = tf.linalg.diag_part(product)
