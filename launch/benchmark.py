@@ -21,7 +21,7 @@ import os
 from absl import app
 from absl import flags
 
-SUITES = ("gradnorm", "balancers", "masks", "astmt", "distribute")
+SUITES = ("gradnorm", "balancers", "floor", "masks", "astmt", "distribute")
 
 flags.DEFINE_list("suites", list(SUITES), f"Which suites to run, of {SUITES}.")
 flags.DEFINE_bool("quick", False, "Fewer steps (a smoke run).")
@@ -33,10 +33,12 @@ flags.DEFINE_string("json", None, "Optional JSON file of the measurements.")
 flags.DEFINE_list("balancers", None, "balancers suite: only these labels "
                   "(equal weights is always timed).")
 flags.DEFINE_list("problems", None, "balancers suite: which problems (toy, conflict).")
-flags.DEFINE_list("task_counts", None, "balancers suite: the T values (default 2,10,40).")
-flags.DEFINE_integer("steps_per_execution", 10, "balancers suite: train steps per "
-                     "call of the train function.")
-flags.DEFINE_enum("clock", "wall", ["wall", "cpu"], "balancers suite: wall time, or "
+flags.DEFINE_list("task_counts", None, "balancers and floor suites: the T values "
+                  "(default 2,10,40).")
+flags.DEFINE_integer("steps_per_execution", 10, "balancers and floor suites: train "
+                     "steps per call of the train function.")
+flags.DEFINE_enum("clock", "wall", ["wall", "cpu"], "balancers and floor suites: wall "
+                  "time, or "
                   "this process's CPU time (robust to other jobs on a shared machine).")
 FLAGS = flags.FLAGS
 
@@ -44,14 +46,14 @@ FLAGS = flags.FLAGS
 def run_suite(suite, quick=False, rounds=None):
     """(markdown, data) of one suite; data is None for suites without measurements."""
     module = importlib.import_module(f"launch.bench.{suite}")
-    if suite == "balancers":
+    if suite in ("balancers", "floor"):
         kwargs = {"steps_per_execution": FLAGS.steps_per_execution, "clock": FLAGS.clock}
-        if FLAGS.balancers:
-            kwargs["only"] = FLAGS.balancers
-        if FLAGS.problems:
-            kwargs["problems"] = FLAGS.problems
         if FLAGS.task_counts:
             kwargs["task_counts"] = tuple(int(t) for t in FLAGS.task_counts)
+        if suite == "balancers" and FLAGS.balancers:
+            kwargs["only"] = FLAGS.balancers
+        if suite == "balancers" and FLAGS.problems:
+            kwargs["problems"] = FLAGS.problems
         return module.run_with_data(quick=quick, rounds=rounds, **kwargs)
     if hasattr(module, "run_with_data"):
         return module.run_with_data(quick=quick, rounds=rounds)

@@ -139,10 +139,10 @@ def test_wheel_in_a_fresh_environment_runs_from_an_empty_folder(wheel, tmp_path)
     where = run(python, "-c", "import importlib.util as u, keras_mtl, launch; "
                 "print(keras_mtl.__file__); print(launch.__file__); "
                 "print([u.find_spec('launch.bench.' + s) is not None for s in "
-                "('gradnorm', 'balancers', 'masks', 'astmt', 'distribute')])")
+                "('gradnorm', 'balancers', 'floor', 'masks', 'astmt', 'distribute')])")
     lines = where.splitlines()
     assert lines[0].startswith(site) and lines[1].startswith(site), lines
-    assert lines[2] == "[True, True, True, True, True]"
+    assert lines[2] == "[True, True, True, True, True, True]"
 
     bin_dir = venv / "bin"
     run(str(bin_dir / "keras-mtl-train"), "--gin_file=toy_gradnorm_t2.gin",
