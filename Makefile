@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-digits test test-slow benchmark install clean
+.PHONY: demo demo-digits test test-slow benchmark benchmark-tables install clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,19 @@ test-slow: $(STAMP)
 
 benchmark: $(STAMP)
 	$(PY) -m launch.benchmark
+
+# The speed tables of the README (issue 15): gradient balancers at T=2/10/40
+# on both problems in float32 and mixed_float16, and the arithmetic floor,
+# each as markdown + JSON under runs/bench/. On a GPU machine install the
+# `gpu` extra first (VENV=... and `pip install -e ".[gpu,test]"`).
+BENCH_BALANCERS ?= equal,gradnorm,imtl_g,mgda,pcgrad,uncertainty
+benchmark-tables: $(STAMP)
+	mkdir -p runs/bench
+	$(PY) -m launch.benchmark --suites=balancers --rounds=5 --balancers=$(BENCH_BALANCERS) \
+	  --out=runs/bench/balancers_float32.md
+	$(PY) -m launch.benchmark --suites=balancers --rounds=5 --balancers=$(BENCH_BALANCERS) \
+	  --mixed_precision=float16 --out=runs/bench/balancers_float16.md
+	$(PY) -m launch.benchmark --suites=floor --rounds=5 --out=runs/bench/floor.md
 
 clean:
 	rm -rf runs build *.egg-info

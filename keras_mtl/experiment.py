@@ -132,7 +132,7 @@ MIXED_PRECISION = {"float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
 
 @contextlib.contextmanager
-def _dtype_policy(mixed_precision):
+def dtype_policy(mixed_precision):
     """The global Keras dtype policy for building the model, restored after."""
     if mixed_precision in (None, "float32"):
         yield None
@@ -311,7 +311,7 @@ def train(
     # seed combines with the global seed at construction time.
     train_data = _materialize(train_data)
     eval_data = _materialize(eval_data) if eval_data is not None else None
-    with strategy.scope(), _dtype_policy(mixed_precision) as policy:
+    with strategy.scope(), dtype_policy(mixed_precision) as policy:
         net = _materialize(model)
         if not isinstance(net, keras_mtl.MultiTaskModel):
             raise ValueError(

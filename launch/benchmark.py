@@ -37,6 +37,9 @@ flags.DEFINE_list("task_counts", None, "balancers and floor suites: the T values
                   "(default 2,10,40).")
 flags.DEFINE_integer("steps_per_execution", 10, "balancers and floor suites: train "
                      "steps per call of the train function.")
+flags.DEFINE_enum("mixed_precision", None, ["float32", "float16", "bfloat16"],
+                  "balancers suite: build every model under Keras's mixed_float16 / "
+                  "mixed_bfloat16 dtype policy (default float32).")
 flags.DEFINE_enum("clock", "wall", ["wall", "cpu"], "balancers and floor suites: wall "
                   "time, or "
                   "this process's CPU time (robust to other jobs on a shared machine).")
@@ -54,6 +57,8 @@ def run_suite(suite, quick=False, rounds=None):
             kwargs["only"] = FLAGS.balancers
         if suite == "balancers" and FLAGS.problems:
             kwargs["problems"] = FLAGS.problems
+        if suite == "balancers" and FLAGS.mixed_precision:
+            kwargs["mixed_precision"] = FLAGS.mixed_precision
         return module.run_with_data(quick=quick, rounds=rounds, **kwargs)
     if hasattr(module, "run_with_data"):
         return module.run_with_data(quick=quick, rounds=rounds)

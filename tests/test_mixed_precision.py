@@ -366,13 +366,13 @@ def _toy_run(tmp_path, mixed_precision, extra=()):
 def test_train_mixed_precision_policy_is_validated_and_restored():
     from keras_mtl import experiment
 
-    with experiment._dtype_policy("bfloat16") as policy:
+    with experiment.dtype_policy("bfloat16") as policy:
         assert policy == keras.mixed_precision.global_policy().name == "mixed_bfloat16"
     assert keras.mixed_precision.global_policy().name == "float32"
-    with experiment._dtype_policy(None) as policy:
+    with experiment.dtype_policy(None) as policy:
         assert policy is None
     with pytest.raises(ValueError, match="float8"):
-        with experiment._dtype_policy("float8"):
+        with experiment.dtype_policy("float8"):
             pass
     assert keras.mixed_precision.global_policy().name == "float32"
 

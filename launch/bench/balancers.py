@@ -122,22 +122,30 @@ def _candidates(num_tasks):
     return rows
 
 
-def _train_function(factory, num_tasks, jit_compile, problem, steps_per_execution):
-    """A compiled, warmed-up train function of the toy model and its data iterator."""
+def _train_function(factory, num_tasks, jit_compile, problem, steps_per_execution,
+                    mixed_precision=None):
+    """A compiled, warmed-up train function of the toy model and its data iterator.
+
+    `mixed_precision`: None / `"float32"`, `"float16"` or `"bfloat16"`: the
+    model is built under that Keras dtype policy (`mixed_float16` compiles
+    with a `LossScaleOptimizer`).
+    """
     import keras
 
+    from keras_mtl.experiment import dtype_policy
     from keras_mtl.models.toy import toy_mlp
 
     keras.utils.set_random_seed(0)
-    model = toy_mlp(num_tasks)
-    model.compile(optimizer=keras.optimizers.SGD(1e-4), loss="mse",
-                  balancer=factory(), jit_compile=jit_compile,
-                  steps_per_execution=steps_per_execution)
-    model.fit(_dataset(num_tasks, problem), steps_per_epoch=steps_per_execution,
-              epochs=1, verbose=0)
-    iterator = iter(_dataset(num_tasks, problem))
-    step = model.make_train_function()
-    float(step(iterator)["loss"])  # trace and run once
+    with dtype_policy(mixed_precision):
+        model = toy_mlp(num_tasks)
+        model.compile(optimizer=keras.optimizers.SGD(1e-4), loss="mse",
+                      balancer=factory(), jit_compile=jit_compile,
+                      steps_per_execution=steps_per_execution)
+        model.fit(_dataset(num_tasks, problem), steps_per_epoch=steps_per_execution,
+                  epochs=1, verbose=0)
+        iterator = iter(_dataset(num_tasks, problem))
+        step = model.make_train_function()
+        float(step(iterator)["loss"])  # trace and run once
     return step, iterator
 
 
@@ -159,7 +167,8 @@ def _time(step, iterator, calls, steps_per_execution, clock="wall"):
 
 
 def measure(task_counts=(2, 10, 40), steps=20, repeats=3, jit_compile=False,
-            problem="toy", steps_per_execution=1, only=None, clock="wall"):
+            problem="toy", steps_per_execution=1, only=None, clock="wall",
+            mixed_precision=None):
     """Returns {(label, level): {T: [seconds per step, one per round]}}.
 
     For each T every balancer's train step is built first, then the steps are
@@ -168,13 +177,15 @@ def measure(task_counts=(2, 10, 40), steps=20, repeats=3, jit_compile=False,
     function): a busy machine slows all balancers alike instead of whichever
     ran last. `only`: optional labels (e.g. `["equal", "mgda"]`) to time;
     equal weights is always included. `clock`: `"wall"` or `"cpu"` (`_time`).
+    `mixed_precision`: the dtype policy every model is built under (equal
+    weights too, so the ratios compare like with like).
     """
     calls = max(1, steps // steps_per_execution)
     results = {}
     for num_tasks in task_counts:
         built = [
             ((label, level), _train_function(factory, num_tasks, jit_compile, problem,
-                                             steps_per_execution))
+                                             steps_per_execution, mixed_precision))
             for label, level, factory in _candidates(num_tasks)
             if only is None or label == "equal" or label in only
         ]
@@ -223,7 +234,7 @@ def table(results, task_counts):
 
 def run_with_data(quick=False, rounds=None, problems=PROBLEMS, task_counts=None,
                   steps=None, steps_per_execution=10, only=None, jit_compile=False,
-                  clock="wall"):
+                  clock="wall", mixed_precision=None):
     """Benchmarks every balancer on each problem; returns (markdown, JSON-able dict).
 
     Args:
@@ -234,6 +245,9 @@ def run_with_data(quick=False, rounds=None, problems=PROBLEMS, task_counts=None,
         only: optional balancer labels to time (equal weights always).
         clock: `"wall"` (default) or `"cpu"` (process CPU time, for a
             machine shared with other jobs).
+        mixed_precision: None (float32), `"float16"` or `"bfloat16"`: the
+            Keras dtype policy of every model (`mixed_float16` /
+            `mixed_bfloat16`).
     """
     import tensorflow as tf
 
@@ -246,16 +260,19 @@ def run_with_data(quick=False, rounds=None, problems=PROBLEMS, task_counts=None,
     sections, data = [], {
         "device": device, "task_counts": list(task_counts), "steps": steps,
         "rounds": rounds, "steps_per_execution": steps_per_execution,
-        "jit_compile": jit_compile, "clock": clock, "problems": {}}
+        "jit_compile": jit_compile, "clock": clock,
+        "mixed_precision": mixed_precision or "float32", "problems": {}}
     for problem in problems:
         results = measure(task_counts, steps=steps, repeats=rounds, problem=problem,
                           steps_per_execution=steps_per_execution, only=only,
-                          jit_compile=jit_compile, clock=clock)
+                          jit_compile=jit_compile, clock=clock,
+                          mixed_precision=mixed_precision)
         sections.append(
             f"Problem `{problem}`: median step time relative to equal weights over "
             f"{rounds} interleaved rounds of {steps} steps (min-max over rounds), "
             f"GradNorm toy MLP (batch 100), {device}, "
             f"{'XLA' if jit_compile else 'graph mode'}, "
+            f"{'mixed_' + mixed_precision if mixed_precision not in (None, 'float32') else 'float32'}, "
             f"steps_per_execution={steps_per_execution}, {clock} clock.\n\n"
             + table(results, task_counts))
         rel = ratios(results)

@@ -20,7 +20,7 @@ This suite states that floor for the GradNorm toy network (batch 100 of
   `tf.GradientTape` over the toy model's own variables, SGD; no checks, no
   state beyond GradNorm's weights, no Keras train step), timed, as a ratio
   to the minimal equal-weights step. They compute the real methods (GradNorm
-  with alpha = 0, IMTL-G from the Gramian): tests/test_benchmark_floor.py
+  with alpha = 0, IMTL-G from the Gramian): tests/test_benchmarks.py
   checks their numbers against keras-mtl's and their MatMul multiply-adds
   against `toy_macs`.
 

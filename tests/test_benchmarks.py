@@ -1,8 +1,10 @@
-"""The floor suite (launch/bench/floor.py) measures the arithmetic it claims.
+"""Benchmark suites measure what they claim.
 
-Its minimal TensorFlow steps must compute what keras-mtl computes (else the
-floor would be of another method), and the multiply-adds it reports must be
-the matrix products those steps actually run.
+The floor suite (launch/bench/floor.py): its minimal TensorFlow steps must
+compute what keras-mtl computes (else the floor would be of another
+method), and the multiply-adds it reports must be the matrix products those
+steps actually run. The balancers suite builds its models under the dtype
+policy it reports.
 """
 
 import keras
@@ -119,3 +121,25 @@ def test_floor_suite_reports_every_method():
                     for m in ("equal",) + floor.METHODS}
     assert all(len(r["seconds"]) == 1 and r["seconds"][0] > 0 for r in data["rows"])
     assert data["macs"][2]["imtl_g shared"] > data["macs"][2]["equal"]
+
+
+def test_balancers_suite_builds_every_model_under_the_mixed_policy(monkeypatch):
+    from keras_mtl.models import toy
+
+    built, make = [], toy.toy_mlp
+
+    def spy(num_tasks):
+        model = make(num_tasks)
+        built.append((keras.mixed_precision.global_policy().name,
+                      model.encoder.layers[0].compute_dtype))
+        return model
+
+    monkeypatch.setattr(toy, "toy_mlp", spy)
+    before = keras.mixed_precision.global_policy().name
+    text, data = bench.run_with_data(task_counts=(2,), rounds=1, steps=2,
+                                     steps_per_execution=1, only=["gradnorm"],
+                                     problems=("toy",), mixed_precision="float16")
+    assert "mixed_float16" in text and data["mixed_precision"] == "float16"
+    # Equal weights and GradNorm (`only` keeps the labels asked for).
+    assert built == [("mixed_float16", "float16")] * 2
+    assert keras.mixed_precision.global_policy().name == before
