@@ -251,6 +251,8 @@ def run_with_data(quick=False, rounds=None, problems=PROBLEMS, task_counts=None,
     """
     import tensorflow as tf
 
+    from keras_mtl.experiment import MIXED_PRECISION
+
     task_counts = task_counts or ((2, 10) if quick else (2, 10, 40))
     steps = steps or (10 if quick else 30)
     rounds = rounds or (2 if quick else 5)
@@ -272,7 +274,7 @@ def run_with_data(quick=False, rounds=None, problems=PROBLEMS, task_counts=None,
             f"{rounds} interleaved rounds of {steps} steps (min-max over rounds), "
             f"GradNorm toy MLP (batch 100), {device}, "
             f"{'XLA' if jit_compile else 'graph mode'}, "
-            f"{'mixed_' + mixed_precision if mixed_precision not in (None, 'float32') else 'float32'}, "
+            f"{MIXED_PRECISION.get(mixed_precision, 'float32')}, "
             f"steps_per_execution={steps_per_execution}, {clock} clock.\n\n"
             + table(results, task_counts))
         rel = ratios(results)

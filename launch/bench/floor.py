@@ -34,7 +34,6 @@ Run: `python -m launch.benchmark --suites=floor --rounds=5` (or
 """
 
 import sys
-import time
 
 import numpy as np
 
@@ -144,6 +143,7 @@ class RawSteps:
         heads = [v for pair in self.heads for v in pair]
         variables = self.trunk_vars + heads
         self._apply(variables, tape.gradient(total, variables))
+        return total
 
     def gradnorm(self, x, ys):
         """GradNorm (alpha = 0): norms at the last shared kernel, one SGD step on w."""
@@ -230,12 +230,12 @@ def measure(task_counts=(2, 10, 40), steps=30, rounds=5, steps_per_execution=10,
             clock="wall"):
     """{("raw" | "keras-mtl", method): {T: [seconds per step, one per round]}}."""
     import keras
+    import tensorflow as tf
 
     from keras_mtl.models.toy import toy_mlp
     from launch.bench import balancers as bench
 
     calls = max(1, steps // steps_per_execution)
-    now = bench.CLOCKS[clock]
     results = {}
     for num_tasks in task_counts:
         x, y = next(iter(bench._dataset(num_tasks, "toy")))
@@ -247,25 +247,17 @@ def measure(task_counts=(2, 10, 40), steps=30, rounds=5, steps_per_execution=10,
             model(x)
             raw = RawSteps(model).step(name, steps_per_execution)
             raw(x, ys)  # trace and run once
-
-            def run_raw(raw=raw):
-                start = now()
-                for _ in range(calls):
-                    out = raw(x, ys)
-                if out is not None:
-                    out.numpy()
-                return (now() - start) / (calls * steps_per_execution)
-
-            step, iterator = _keras_step(name, num_tasks, steps_per_execution)
-            timed[("raw TF", name)] = run_raw
-            timed[("keras-mtl", name)] = (
-                lambda step=step, iterator=iterator: bench._time(
-                    step, iterator, calls, steps_per_execution, clock))
-        for run in timed.values():  # an untimed round
-            run()
+            # The train function's interface (`bench._time`): logs with a scalar loss.
+            raw_step = (lambda _, raw=raw, x=x, ys=ys:
+                        {"loss": tf.reduce_sum(raw(x, ys))})
+            timed[("raw TF", name)] = (raw_step, None)
+            timed[("keras-mtl", name)] = _keras_step(name, num_tasks, steps_per_execution)
+        for step, iterator in timed.values():  # an untimed round
+            bench._time(step, iterator, 1, steps_per_execution)
         for _ in range(rounds):
-            for key, run in timed.items():
-                results.setdefault(key, {}).setdefault(num_tasks, []).append(run())
+            for key, (step, iterator) in timed.items():
+                results.setdefault(key, {}).setdefault(num_tasks, []).append(
+                    bench._time(step, iterator, calls, steps_per_execution, clock))
     return results
 
 
